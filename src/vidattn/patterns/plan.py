@@ -1,0 +1,64 @@
+"""BlockPlan: the contract between patterns and kernels — which (query tile, key tile) pairs to compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+# (b, h, q_idx, kv_idx) -> bool tensor. Written with indexing ops only, so that it runs both inside
+# FlexAttention's vmap (scalar tensors) and on broadcast index tensors (gather and dense kernels).
+TokenMask = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class BlockPlan:
+    """Tiles of ``block_size x block_size`` tokens to compute for a sequence of ``seq_len`` tokens.
+
+    ``tiles`` is boolean ``(B or 1, H or 1, Qb, Kb)`` with ``Qb = Kb = ceil(seq_len / block_size)``.
+    ``full`` (same shape, optional) marks tiles where every token pair is allowed, so kernels may skip
+    ``token_mask`` there. ``token_mask`` refines the remaining tiles at token level. Keys past ``seq_len``
+    (padding to the block size) are always masked by the kernels, never zero-filled into the softmax.
+    """
+
+    tiles: torch.Tensor
+    block_size: int
+    seq_len: int
+    full: torch.Tensor | None = None
+    token_mask: TokenMask | None = None
+    memo: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        blocks = -(-self.seq_len // self.block_size)
+        if self.tiles.dtype != torch.bool or self.tiles.ndim != 4 or self.tiles.shape[-2:] != (blocks, blocks):
+            raise ValueError(
+                f"BlockPlan.tiles must be a bool tensor (B|1, H|1, {blocks}, {blocks}); got "
+                f"{self.tiles.dtype} {tuple(self.tiles.shape)}"
+            )
+        if self.full is not None and self.full.shape != self.tiles.shape:
+            raise ValueError("BlockPlan.full must have the shape of BlockPlan.tiles")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.tiles.shape[-1]
+
+    @property
+    def tile_density(self) -> float:
+        """Fraction of tiles computed (averaged over batch and heads): the kernel's share of dense work."""
+        return self.tiles.float().mean().item()
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.tile_density
+
+    def to(self, device: torch.device) -> "BlockPlan":
+        full = None if self.full is None else self.full.to(device)
+        return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask)
+
+
+def full_plan(seq_len: int, block_size: int, device: torch.device | str = "cpu") -> BlockPlan:
+    """Every tile computed: the plan of dense attention."""
+    blocks = -(-seq_len // block_size)
+    tiles = torch.ones(1, 1, blocks, blocks, dtype=torch.bool, device=device)
+    return BlockPlan(tiles, block_size, seq_len, full=tiles)
