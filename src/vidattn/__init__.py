@@ -2,6 +2,16 @@
 
 from .context import AttentionContext, attach_context, detach_context
 from .layout import VideoLayout
+from .processors import RadialAttnProcessor, RadialConfig, apply_radial_attention, remove_radial_attention
 
-__all__ = ["AttentionContext", "VideoLayout", "attach_context", "detach_context"]
+__all__ = [
+    "AttentionContext",
+    "RadialAttnProcessor",
+    "RadialConfig",
+    "VideoLayout",
+    "apply_radial_attention",
+    "attach_context",
+    "detach_context",
+    "remove_radial_attention",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""Install a method's processors on a transformer's video self-attention layers, with the context hook."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..context import AttentionContext, attach_context, detach_context
+from .families import detect_family, stock_processor
+
+
+def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
+    """(name, module, family) of each video self-attention layer, in layer order.
+
+    Wan: ``blocks.i.attn1``; HunyuanVideo: double-stream then single-stream ``attn`` (0-19, 20-59);
+    CogVideoX: ``transformer_blocks.i.attn1``. Text-only attention (HunyuanVideo's refiner) is skipped.
+    """
+    layers = []
+    for name, module in transformer.named_modules():
+        family = detect_family(module)
+        if family is None or (family in ("wan", "cogvideox") and not name.endswith("attn1")):
+            continue
+        layers.append((name, module, family))
+    if not layers:
+        raise ValueError(
+            f"{type(transformer).__name__} has no supported video attention; supported families: Wan "
+            "(WanTransformer3DModel and variants), HunyuanVideo, CogVideoX"
+        )
+    return layers
+
+
+def install_processors(transformer: torch.nn.Module, make_processor: Callable[[int, str, AttentionContext], object]) -> AttentionContext:
+    """Attach the context hook and give layer i the processor ``make_processor(i, family, context)``."""
+    context = attach_context(transformer)
+    for index, (_, module, family) in enumerate(video_attention_layers(transformer)):
+        module.set_processor(make_processor(index, family, context))
+    return context
+
+
+def remove_processors(transformer: torch.nn.Module) -> None:
+    """Undo :func:`install_processors`: stock processors back on the video layers and the hook removed."""
+    for _, module, family in video_attention_layers(transformer):
+        module.set_processor(stock_processor(family))
+    detach_context(transformer)
