@@ -4,9 +4,11 @@ For frames i, j at distance d = |i - j| with s tokens per frame:
 * d <= 1, or j == 0 with the sink on: the whole frame pair is allowed;
 * otherwise the pair is kept only if the decimation rule passes, and then a raster band
   |col - row| <= w with w = 2^bitlen(s) / 2^bitlen(d) * decay, floored at the block size.
-Each frame pair's token mask is reduced to tiles with the strict rule (a tile is kept when more than 60 %
+Each band pair's token mask is reduced to tiles with the strict rule (a tile is kept when more than 60 %
 of its non-empty columns have more than a third of their rows set) and OR-ed into the plan. Text rows and
-columns are dense.
+columns are dense. One deliberate difference from the official code, which only matters when frames are not
+block-aligned: full pairs (d <= 1, sink) keep every tile they touch, so no query ever loses its own or a
+neighbouring frame (the strict rule drops a tile holding only a few boundary rows of a frame).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def _pair_tiles(row_start: int, col_start: int, s: int, block: int, half_width: 
     n_ct = ct1 - ct0 + 1
     nonzero = torch.zeros(len(tiles_r), n_ct, device=device).index_add_(1, col_tile, (counts > 0).float())
     dense = torch.zeros(len(tiles_r), n_ct, device=device).index_add_(1, col_tile, (counts > STRICT_COLUMN_DENSITY * block).float())
+    if half_width is None:
+        return rt0, ct0, nonzero > 0
     kept = dense > STRICT_COLUMN_SHARE * nonzero
     return rt0, ct0, kept & (nonzero > 0)
 
