@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/vidattn demo --out outputs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/vidattn bench --grid 21x30x52 --heads 2 --head-dim 128

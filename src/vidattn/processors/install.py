@@ -32,8 +32,9 @@ def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torc
 
 def install_processors(transformer: torch.nn.Module, make_processor: Callable[[int, str, AttentionContext], object]) -> AttentionContext:
     """Attach the context hook and give layer i the processor ``make_processor(i, family, context)``."""
+    layers = video_attention_layers(transformer)
     context = attach_context(transformer)
-    for index, (_, module, family) in enumerate(video_attention_layers(transformer)):
+    for index, (_, module, family) in enumerate(layers):
         module.set_processor(make_processor(index, family, context))
     return context
 
