@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from test_radial_pattern import naive_radial_tiles
 
 from vidattn.kernels import block_sparse_attention
 from vidattn.layout import VideoLayout
@@ -30,7 +31,8 @@ def test_gather_and_dense_equal_masked_sdpa(layout):
     plan = radial_plan(layout, RadialPattern(decay=0.4, block_size=16, decimation=16))
     n = layout.total_tokens
     q, k, v = qkv(2, 3, n, 16)
-    expected = masked_sdpa(q, k, v, expand_tiles(plan.tiles, 16, n))
+    naive = naive_radial_tiles(layout, 0.4, 16, sink=True, decimation=16).view(1, 1, *plan.tiles.shape[-2:])
+    expected = masked_sdpa(q, k, v, expand_tiles(naive, 16, n))
     for backend in ("gather", "dense"):
         out = block_sparse_attention(q, k, v, plan, backend=backend, gather_chunk=2)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -43,7 +45,8 @@ def test_flex_equals_masked_sdpa_with_padding_and_key_mask():
     q, k, v = qkv(2, 2, n, 16, seed=1)
     key_valid = torch.ones(2, n, dtype=torch.bool)
     key_valid[1, -4:] = False  # padded text of the second prompt
-    mask = expand_tiles(plan.tiles, 32, n) & key_valid.view(2, 1, 1, n)
+    naive = naive_radial_tiles(layout, 0.3, 32, sink=True, decimation=32).view(1, 1, *plan.tiles.shape[-2:])
+    mask = expand_tiles(naive, 32, n) & key_valid.view(2, 1, 1, n)
     expected = masked_sdpa(q, k, v, mask)
     out = block_sparse_attention(q, k, v, plan, key_valid, backend="flex")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
