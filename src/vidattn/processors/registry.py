@@ -10,10 +10,12 @@ from typing import Callable
 
 from .dense import DenseAttnProcessor
 from .radial import RadialAttnProcessor
+from .vmoba import VMoBAAttnProcessor
 
 METHODS: dict[str, Callable[..., object]] = {
     "dense": DenseAttnProcessor,
     "radial": RadialAttnProcessor,
+    "vmoba": VMoBAAttnProcessor,
 }
 
 

@@ -1,0 +1,195 @@
+"""VMoBA (mixture of block attention, layer-wise recurrent 1D/2D/3D partitions) as a diffusers processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import AttentionContext
+from ..kernels import BACKENDS, block_sparse_attention
+from ..layout import VideoLayout
+from ..patterns.vmoba import (
+    KINDS,
+    Partition,
+    VMoBAPlan,
+    build_partition,
+    layer_kind,
+    normalize_chunk,
+    partition_map,
+    validate_selection,
+    vmoba_plan,
+)
+from .base import VideoAttnProcessor
+from .install import install_processors, remove_processors
+
+
+@dataclass(frozen=True)
+class VMoBAConfig:
+    """VMoBA settings. Defaults are FastVideo's Wan2.1-1.3B training config (threshold 0.25, query_head).
+
+    Layer l uses ``layer_kind(l, first_sparse_layer, layer_cycle)`` (1d, 2d, 3d, 1d, ...) unless ``kind`` forces
+    one partition; layers before ``first_sparse_layer`` and the first ``dense_steps`` steps run the stock
+    processor. ``topk`` (for ``select_mode="topk"``) is one int or one per kind (1d, 2d, 3d).
+    """
+
+    temporal_chunk: int = 2
+    spatial_chunk: tuple[int, int] = (4, 13)
+    st_chunk: tuple[int, int, int] = (4, 4, 13)
+    threshold: float = 0.25
+    threshold_type: str = "query_head"
+    select_mode: str = "threshold"
+    topk: int | tuple[int, int, int] = (2, 6, 18)
+    layer_cycle: tuple[int, int, int] = (1, 1, 1)
+    first_sparse_layer: int = 0
+    kind: str | None = None
+    dense_steps: int = 0
+    block_size: int = 128
+    backend: str = "auto"
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        for kind in KINDS:  # validate, and store lists as tuples so the config stays hashable
+            field = {"1d": "temporal_chunk", "2d": "spatial_chunk", "3d": "st_chunk"}[kind]
+            chunk = normalize_chunk(kind, getattr(self, field))
+            object.__setattr__(self, field, chunk[0] if kind == "1d" else chunk)
+        topk = self.topk if isinstance(self.topk, int) else tuple(self.topk) if isinstance(self.topk, (tuple, list)) else None
+        if topk is None or (isinstance(topk, tuple) and len(topk) != 3):
+            raise ValueError(f"topk must be an int or three ints (1d, 2d, 3d), got {self.topk!r}")
+        object.__setattr__(self, "topk", topk)
+        for k in (topk,) if isinstance(topk, int) else topk:
+            validate_selection(self.select_mode, self.threshold_type, self.threshold, k)
+        object.__setattr__(self, "layer_cycle", tuple(self.layer_cycle))
+        layer_kind(0, 0, self.layer_cycle)  # validates the cycle
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS} or None (layer cycle), got {self.kind!r}")
+        if not isinstance(self.first_sparse_layer, int) or self.first_sparse_layer < 0:
+            raise ValueError(f"first_sparse_layer must be an int >= 0, got {self.first_sparse_layer!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive int (e.g. 128), got {self.block_size!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def chunk(self, kind: str) -> tuple[int, ...]:
+        """The chunk of partition ``kind`` as a tuple (1, 2 or 3 ints)."""
+        return normalize_chunk(kind, {"1d": self.temporal_chunk, "2d": self.spatial_chunk, "3d": self.st_chunk}[kind])
+
+    def topk_for(self, kind: str) -> int:
+        return self.topk if isinstance(self.topk, int) else self.topk[KINDS.index(kind)]
+
+    def kind_for(self, layer_idx: int | None) -> str:
+        """Partition of a layer: the forced ``kind``, else the cycle (layer 0 of the cycle when the index is unknown)."""
+        if self.kind is not None:
+            return self.kind
+        index = self.first_sparse_layer if layer_idx is None else layer_idx
+        return layer_kind(index, self.first_sparse_layer, self.layer_cycle)
+
+
+def vmoba_partition_maps(layout: VideoLayout, config: VMoBAConfig | None = None) -> dict[str, torch.Tensor]:
+    """``{"1d" | "2d" | "3d": (F, H, W) block-id map}`` of the three partitions of ``config`` on ``layout``."""
+    config = config or VMoBAConfig()
+    return {kind: partition_map(layout, kind, config.chunk(kind)) for kind in KINDS}
+
+
+def attention_with_plan(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    vplan: VMoBAPlan,
+    key_valid: torch.Tensor | None = None,
+    backend: str = "auto",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute."""
+    part = vplan.partition
+    if not part.identity:
+        perm = part.perm.to(query.device)
+        query, key, value = (x.index_select(-2, perm) for x in (query, key, value))
+        if key_valid is not None:
+            key_valid = key_valid.index_select(-1, perm.to(key_valid.device))
+    out = block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
+    return out if part.identity else out.index_select(-2, part.inverse.to(out.device))
+
+
+def vmoba_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    partition: Partition,
+    config: VMoBAConfig,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """VMoBA attention of original-order (B, H, N, D) post-RoPE q/k/v for one partition (selection per call)."""
+    vplan = vmoba_plan(
+        query, key, partition, config.select_mode, config.threshold_type, config.threshold,
+        config.topk_for(partition.kind), config.block_size,
+    )
+    return attention_with_plan(query, key, value, vplan, key_valid, config.backend, scale)
+
+
+class VMoBAAttnProcessor(VideoAttnProcessor):
+    """Drop-in VMoBA: ``transformer.set_attn_processor(VMoBAAttnProcessor(temporal_chunk=2, ...))``.
+
+    Use :func:`apply_vmoba_attention` for the recurrent 1D-2D-3D layer cycle and dense warm-up steps.
+    """
+
+    def __init__(
+        self,
+        config: VMoBAConfig | None = None,
+        *,
+        layout: VideoLayout | None = None,
+        layer_idx: int | None = None,
+        context: AttentionContext | None = None,
+        plan_cache: dict | None = None,
+        **overrides,
+    ) -> None:
+        config = config or VMoBAConfig()
+        if overrides:
+            unknown = set(overrides) - set(VMoBAConfig.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown VMoBAAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(VMoBAConfig.__dataclass_fields__)}")
+            config = VMoBAConfig(**{**config.__dict__, **overrides})
+        super().__init__(
+            family=config.family,
+            layout=layout,
+            layer_idx=layer_idx,
+            context=context,
+            dense_steps=config.dense_steps,
+            dense_layers=config.first_sparse_layer,
+            plan_cache=plan_cache,
+        )
+        self.config = config
+
+    @property
+    def kind(self) -> str:
+        """This layer's partition (1d, 2d or 3d)."""
+        return self.config.kind_for(self.layer_idx)
+
+    def partition(self, layout: VideoLayout, device: torch.device | str = "cpu") -> Partition:
+        """The cached partition geometry of ``layout`` for this layer (the selection itself is per call)."""
+        kind = self.kind
+        chunk = self.config.chunk(kind)
+        return self.cached_plan(("vmoba-partition", layout, kind, chunk, str(device)), lambda: build_partition(layout, kind, chunk, device))
+
+    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout) -> VMoBAPlan:
+        """This call's VMoBA plan (selection + tiles) for original-order (B, H, N, D) post-RoPE q/k."""
+        c = self.config
+        return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size)
+
+    def attend(self, query, key, value, layout, key_valid, family):
+        return attention_with_plan(query, key, value, self.plan(query, key, layout), key_valid, self.config.backend)
+
+
+def apply_vmoba_attention(transformer: torch.nn.Module, config: VMoBAConfig | None = None) -> AttentionContext:
+    """VMoBA on every video self-attention layer (layer i gets its partition from the cycle), plus the step hook."""
+    config = config or VMoBAConfig()
+    plan_cache: dict = {}
+    return install_processors(
+        transformer, lambda index, family, context: VMoBAAttnProcessor(config, layer_idx=index, context=context, plan_cache=plan_cache)
+    )
+
+
+def remove_vmoba_attention(transformer: torch.nn.Module) -> None:
+    """Restore the stock processors and remove the hook installed by :func:`apply_vmoba_attention`."""
+    remove_processors(transformer)
