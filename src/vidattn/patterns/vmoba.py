@@ -167,9 +167,13 @@ def select_blocks(
     entries descending and keep them up to the first whose cumulative share of the total reaches ``remain``
     (inclusive; all of them if none does). ``topk``: the own block plus the best ``topk - 1`` others per
     (query, head), or ``topk * S`` entries per head with own blocks first. The own block is always kept.
+    Threshold 1 selects everything, as the rule does in exact arithmetic (an fp32 cumulative sum can
+    otherwise overshoot by a rounding error and drop zero-score entries at the end of a long domain).
     """
     validate_selection(select_mode, threshold_type, threshold, topk)
     b, h, s, c = gate.shape
+    if select_mode == "threshold" and threshold >= 1:
+        return torch.ones(b, h, s, c, dtype=torch.bool, device=gate.device)
     own = F.one_hot(self_block, c).bool().view(1, 1, s, c)
     if select_mode == "topk":
         boosted = gate.masked_fill(own, float("inf"))
