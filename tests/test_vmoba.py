@@ -181,9 +181,13 @@ def test_plan_tiles_are_any_and_full_tiles_are_all_of_the_token_mask():
     n = layout.total_tokens
     q, k = torch.randn(1, 2, n, 8, generator=g), torch.randn(1, 2, n, 8, generator=g)
     vplan = vmoba_plan(q, k, part, threshold=0.2, block_size=16)
+    assert vplan.query_order is not None, "grouping the queries should pay off on this input"
     mask = naive_mask(layout, "2d", CHUNKS["2d"], vplan.selection)
     perm = part.perm
-    mask = mask[:, :, perm][:, :, :, perm]  # partition order, as the plan is laid out
+    mask = mask[:, :, :, perm]  # keys in partition order, queries in the plan's per-head order
+    mask = torch.gather(mask, 2, perm[vplan.query_order].unsqueeze(-1).expand(-1, -1, -1, n))
+    ungrouped = vmoba_plan(q, k, part, threshold=0.2, block_size=16, group_queries=False)
+    assert ungrouped.query_order is None and ungrouped.tile_density > vplan.tile_density
     blocks = vplan.plan.num_blocks
     pad = blocks * 16 - n
     any_pad = F.pad(mask, (0, pad, 0, pad), value=False).view(1, 2, blocks, 16, blocks, 16)
@@ -206,15 +210,19 @@ def test_output_equals_masked_sdpa_from_naive_loop(kind, text, position, domain)
     if text:
         key_valid = torch.ones(2, n, dtype=torch.bool)
         key_valid[1, 0 if position == "before" else n - 1] = False  # a padded text key
-    vplan = vmoba_plan(q, k, build_partition(layout, kind, CHUNKS[kind]), threshold_type=domain, threshold=0.3, block_size=16)
+    part = build_partition(layout, kind, CHUNKS[kind])
+    vplan = vmoba_plan(q, k, part, threshold_type=domain, threshold=0.3, block_size=16)
     mask = naive_mask(layout, kind, CHUNKS[kind], vplan.selection)
     if key_valid is not None:
         mask = mask & key_valid.view(2, 1, 1, n)
     reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert not mask.all(), "the selection should be sparse"
-    for backend in ("gather", "dense"):
-        out = attention_with_plan(q, k, v, vplan, key_valid, backend=backend)
-        torch.testing.assert_close(out, reference, atol=2e-6, rtol=1e-5)
+    ungrouped = vmoba_plan(q, k, part, threshold_type=domain, threshold=0.3, block_size=16, group_queries=False)
+    assert torch.equal(ungrouped.selection, vplan.selection)
+    for plan in (vplan, ungrouped):
+        for backend in ("gather", "dense"):
+            out = attention_with_plan(q, k, v, plan, key_valid, backend=backend)
+            torch.testing.assert_close(out, reference, atol=2e-6, rtol=1e-5)
 
 
 def test_flex_backend_equals_masked_sdpa():

@@ -214,12 +214,17 @@ def validate_selection(select_mode: str, threshold_type: str, threshold: float, 
 
 @dataclass(frozen=True, eq=False)
 class VMoBAPlan:
-    """A VMoBA plan in partition order plus its selection (B, H, S, C) in the original video order."""
+    """A VMoBA plan plus its selection (B, H, S, C) in the original video order.
+
+    The plan's keys are in partition order; its queries too, or, where ``query_order`` (B, H, N) is set, query
+    position p of head (b, h) is partition-order token ``query_order[b, h, p]``.
+    """
 
     plan: BlockPlan
     selection: torch.Tensor
     partition: Partition
     token_density: float
+    query_order: torch.Tensor | None = None
 
     @property
     def tile_density(self) -> float:
@@ -238,8 +243,39 @@ def selection_rows(selection: torch.Tensor, partition: Partition) -> torch.Tenso
     return rows
 
 
-def plan_from_selection(selection: torch.Tensor, partition: Partition, block_size: int = 128) -> VMoBAPlan:
-    """Tile plan ("any" tiles, "all" tiles as full) plus the token-level mask ``rows[b, h, q, block(kv)]``."""
+def _grouped_query_order(rows: torch.Tensor) -> torch.Tensor:
+    """(B, H, N) order that sorts each head's query rows lexicographically by their selected blocks, so queries
+    choosing the same blocks share query tiles (a radix sort over the rows packed into 62-bit words)."""
+    b, h, n, c1 = rows.shape
+    order = torch.arange(n, device=rows.device).expand(b, h, n)
+    for start in reversed(range(0, c1, 62)):  # least significant word first, stable sorts
+        bits = rows[..., start : start + 62].long()
+        word = (bits << torch.arange(bits.shape[-1] - 1, -1, -1, device=rows.device)).sum(-1)
+        order = torch.gather(order, 2, torch.argsort(torch.gather(word, 2, order), dim=-1, stable=True))
+    return order
+
+
+def _tiles(rows: torch.Tensor, overlap: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(any-rows padded, tiles, full) of a row table: a tile is kept if any of its query rows selects a block
+    with keys in it, and full if all its real query rows select all blocks with keys in it."""
+    b, h, n, c1 = rows.shape
+    blocks = overlap.shape[1]
+    pad = blocks * block_size - n
+    any_rows = F.pad(rows, (0, 0, 0, pad), value=False)
+    any_q = any_rows.view(b, h, blocks, block_size, c1).any(3)
+    all_q = F.pad(rows, (0, 0, 0, pad), value=True).view(b, h, blocks, block_size, c1).all(3)
+    tiles = torch.matmul(any_q.float(), overlap) > 0
+    full = tiles & (torch.matmul((~all_q).float(), overlap) == 0)
+    return any_rows, tiles, full
+
+
+def plan_from_selection(selection: torch.Tensor, partition: Partition, block_size: int = 128, group_queries: bool = True) -> VMoBAPlan:
+    """Tile plan ("any" tiles, "all" tiles as full) plus the token-level mask ``rows[b, h, q, block(kv)]``.
+
+    Keys are in partition order. Queries too, unless ``group_queries`` finds, per (batch, head), that sorting
+    the queries by their selection computes fewer tiles; then :attr:`VMoBAPlan.query_order` holds that order
+    (the result is the same, only the schedule changes: selection is per query token, tiles are per 128).
+    """
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     n = partition.layout.total_tokens
@@ -252,11 +288,18 @@ def plan_from_selection(selection: torch.Tensor, partition: Partition, block_siz
     # Which key tiles each block (text included) has tokens in.
     overlap = torch.zeros(c1, blocks, dtype=torch.float32, device=device)
     overlap[token_block[:n], torch.arange(n, device=device) // block_size] = 1.0
-    any_rows = F.pad(rows, (0, 0, 0, padded - n), value=False)
-    any_q = any_rows.view(b, h, blocks, block_size, c1).any(3)
-    all_q = F.pad(rows, (0, 0, 0, padded - n), value=True).view(b, h, blocks, block_size, c1).all(3)
-    tiles = torch.matmul(any_q.float(), overlap) > 0
-    full = tiles & (torch.matmul((~all_q).float(), overlap) == 0)
+    any_rows, tiles, full = _tiles(rows, overlap, block_size)
+    query_order = None
+    if group_queries and blocks > 1:
+        order = _grouped_query_order(rows)
+        g_rows = torch.gather(rows, 2, order.unsqueeze(-1).expand(-1, -1, -1, c1))
+        g_any, g_tiles, g_full = _tiles(g_rows, overlap, block_size)
+        better = g_tiles.sum((-2, -1)) < tiles.sum((-2, -1))  # (B, H)
+        if bool(better.any()):
+            pick = better.view(b, h, 1, 1)
+            query_order = torch.where(better.view(b, h, 1), order, torch.arange(n, device=device))
+            any_rows = torch.where(pick, g_any, any_rows)
+            tiles, full = torch.where(pick, g_tiles, tiles), torch.where(pick, g_full, full)
 
     def token_mask(bi, hi, q_idx, kv_idx):
         return any_rows[bi, hi, q_idx, token_block[kv_idx]]
@@ -264,7 +307,7 @@ def plan_from_selection(selection: torch.Tensor, partition: Partition, block_siz
     sizes = partition.block_sizes.to(device=device, dtype=torch.float32)
     density = (torch.matmul(rows.float(), sizes).sum() / (b * h * n * n)).item()
     plan = BlockPlan(tiles, block_size, n, full=full, token_mask=token_mask)
-    return VMoBAPlan(plan, selection, partition, density)
+    return VMoBAPlan(plan, selection, partition, density, query_order)
 
 
 def vmoba_plan(
@@ -276,6 +319,7 @@ def vmoba_plan(
     threshold: float = 0.25,
     topk: int = 1,
     block_size: int = 128,
+    group_queries: bool = True,
 ) -> VMoBAPlan:
     """Selection and tile plan for joint-sequence (B, H, N, D) post-RoPE q/k in their original token order.
 
@@ -290,4 +334,4 @@ def vmoba_plan(
         ids = partition.video_ids.to(query.device)
         gate = block_gate(query[..., start : start + video, :], key[..., start : start + video, :], ids, partition.num_blocks)
         selection = select_blocks(gate, ids, select_mode, threshold_type, threshold, topk)
-        return plan_from_selection(selection, partition, block_size)
+        return plan_from_selection(selection, partition, block_size, group_queries)

@@ -45,6 +45,7 @@ class VMoBAConfig:
     kind: str | None = None
     dense_steps: int = 0
     block_size: int = 128
+    group_queries: bool = True
     backend: str = "auto"
     family: str | None = None
 
@@ -102,13 +103,21 @@ def attention_with_plan(
 ) -> torch.Tensor:
     """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute."""
     part = vplan.partition
+    perm = part.perm.to(query.device)
     if not part.identity:
-        perm = part.perm.to(query.device)
-        query, key, value = (x.index_select(-2, perm) for x in (query, key, value))
+        key, value = (x.index_select(-2, perm) for x in (key, value))
         if key_valid is not None:
             key_valid = key_valid.index_select(-1, perm.to(key_valid.device))
-    out = block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
-    return out if part.identity else out.index_select(-2, part.inverse.to(out.device))
+    if vplan.query_order is None:
+        query = query if part.identity else query.index_select(-2, perm)
+        out = block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
+        return out if part.identity else out.index_select(-2, part.inverse.to(out.device))
+    # Per-head query order: query position p of head (b, h) is original token perm[query_order[b, h, p]].
+    source = perm[vplan.query_order.to(query.device)]
+    batch = max(query.shape[0], source.shape[0])
+    index = source.expand(batch, query.shape[1], -1).unsqueeze(-1).expand(-1, -1, -1, query.shape[-1])
+    out = block_sparse_attention(torch.gather(query.expand(batch, -1, -1, -1), 2, index), key, value, vplan.plan, key_valid, backend=backend, scale=scale)
+    return torch.empty_like(out).scatter(2, index, out)
 
 
 def vmoba_attention(
@@ -123,7 +132,7 @@ def vmoba_attention(
     """VMoBA attention of original-order (B, H, N, D) post-RoPE q/k/v for one partition (selection per call)."""
     vplan = vmoba_plan(
         query, key, partition, config.select_mode, config.threshold_type, config.threshold,
-        config.topk_for(partition.kind), config.block_size,
+        config.topk_for(partition.kind), config.block_size, config.group_queries,
     )
     return attention_with_plan(query, key, value, vplan, key_valid, config.backend, scale)
 
@@ -175,7 +184,7 @@ class VMoBAAttnProcessor(VideoAttnProcessor):
     def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout) -> VMoBAPlan:
         """This call's VMoBA plan (selection + tiles) for original-order (B, H, N, D) post-RoPE q/k."""
         c = self.config
-        return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size)
+        return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size, c.group_queries)
 
     def attend(self, query, key, value, layout, key_valid, family):
         return attention_with_plan(query, key, value, self.plan(query, key, layout), key_valid, self.config.backend)
