@@ -1,15 +1,16 @@
 """The `make demo` path and the CLI commands end to end on a very small grid."""
 
-from pathlib import Path
-
 import imageio
 import numpy as np
+import pytest
 
-from vidattn.cli.main import main, psnr
+from vidattn.cli.main import main
+from vidattn.cli.params import parse_params
+from vidattn.cli.video import psnr
 
 
 def test_demo_writes_both_videos_and_reports(tmp_path, capsys):
-    main(["demo", "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--block-size", "8", "--out", str(tmp_path)])
+    main(["demo", "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--param", "block_size=8", "--out", str(tmp_path)])
     report = capsys.readouterr().out
     dense = imageio.mimread(tmp_path / "dense.mp4")
     radial = imageio.mimread(tmp_path / "radial.mp4")
@@ -19,10 +20,39 @@ def test_demo_writes_both_videos_and_reports(tmp_path, capsys):
 
 def test_mask_picture(tmp_path, capsys):
     out = tmp_path / "mask.png"
-    main(["mask", "--grid", "6x4x8", "--block-size", "16", "--decay", "0.5", "--out", str(out)])
+    main(["mask", "--grid", "6x4x8", "--param", "block_size=16", "--param", "decay=0.5", "--out", str(out)])
     image = imageio.imread(out)
     assert image.ndim == 2 and (image == 255).any() and (image == 30).any()
-    assert "sparsity" in capsys.readouterr().out
+    assert "density" in capsys.readouterr().out
+
+
+def test_vmoba_mask_shows_three_partitions(tmp_path):
+    out = tmp_path / "vmoba.png"
+    main(["mask", "--method", "vmoba", "--grid", "4x8x12", "--param", "spatial_chunk=[4, 6]", "--param", "st_chunk=[2, 4, 6]", "--out", str(out)])
+    image = imageio.imread(out)
+    rows = [row for row in np.split(image, np.where(image.max(axis=(1, 2)) == 0)[0]) if row.max() > 0]
+    assert len(rows) == 3  # one band of frames per partition
+
+
+def test_bench_prints_density_for_each_backend(capsys):
+    main(["bench", "--method", "vmoba", "--grid", "2x4x8", "--heads", "1", "--head-dim", "8", "--backends", "gather,dense",
+          "--repeats", "1", "--param", "spatial_chunk=[2, 4]", "--param", "st_chunk=[1, 2, 4]", "--param", "block_size=16"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("vmoba")]
+    assert [row[1] for row in rows] == ["gather", "dense"]
+    assert all(0 < float(row[-1]) <= 1 for row in rows)
+
+
+def test_params_parse_yaml_values_and_reject_bad_pairs():
+    assert parse_params(["decay=0.2", "spatial_chunk=[4, 13]", "sink=false", "kind=3d"]) == {
+        "decay": 0.2, "spatial_chunk": (4, 13), "sink": False, "kind": "3d"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_params(["decay"])
+
+
+def test_unknown_param_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="unknown radial parameter"):
+        main(["generate", "--frames", "5", "--height", "16", "--width", "16", "--param", "decy=0.2", "--out", str(tmp_path / "x.mp4")])
 
 
 def test_psnr():

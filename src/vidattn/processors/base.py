@@ -108,6 +108,10 @@ class VideoAttnProcessor:
             self.plan_cache[key] = build()
         return self.plan_cache[key]
 
+    def density(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> float | None:
+        """Share of the dense attention tiles this processor computes for these inputs (None: not a tile method)."""
+        return None
+
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: VideoLayout, key_valid: torch.Tensor | None, family: str
     ) -> torch.Tensor:

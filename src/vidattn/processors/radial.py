@@ -78,6 +78,9 @@ class RadialAttnProcessor(VideoAttnProcessor):
         key = ("radial", layout, pattern, str(device))
         return self.cached_plan(key, lambda: radial_plan(layout, pattern, device))
 
+    def density(self, query, key, layout, family):
+        return self.plan(layout, family, query.device).tile_density
+
     def attend(self, query, key, value, layout, key_valid, family):
         plan = self.plan(layout, family, query.device)
         return block_sparse_attention(query, key, value, plan, key_valid, backend=self.config.backend)

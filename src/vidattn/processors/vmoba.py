@@ -186,6 +186,9 @@ class VMoBAAttnProcessor(VideoAttnProcessor):
         c = self.config
         return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size, c.group_queries)
 
+    def density(self, query, key, layout, family):
+        return self.plan(query, key, layout).tile_density
+
     def attend(self, query, key, value, layout, key_valid, family):
         return attention_with_plan(query, key, value, self.plan(query, key, layout), key_valid, self.config.backend)
 
