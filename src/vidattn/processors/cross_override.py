@@ -1,0 +1,234 @@
+"""FreeSwim's cross-attention override as record-then-inject passes through the stock Wan transformer.
+
+A full-attention pass on the noisy latent records every block's cross-attention output (``attn2``); the
+window pass then uses those outputs instead of its own. Stateful processors share one controller, whose
+``phase`` the caller sets per transformer call; outputs are cached for ``cache_steps`` denoising steps.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from ..layout import VideoLayout
+from .base import VideoAttnProcessor
+
+PHASES = ("full_record", "window", "window_inject")
+BRANCHES = ("cond", "uncond")
+
+
+def refresh_steps(num_steps: int, cache_steps: int) -> list[int]:
+    """The denoising steps at which the full branch runs and re-records: ``range(0, num_steps, cache_steps)``."""
+    return list(range(0, num_steps, cache_steps))
+
+
+class CrossAttnOverride:
+    """The controller: phase of the current call, recorded ``attn2`` outputs per (branch, layer), statistics.
+
+    ``cache_steps``: the full branch refreshes the record at steps ``0, cache_steps, 2*cache_steps, ...``
+    and the window branch reuses it in between. ``override_uncond``: whether the unconditional CFG pass is
+    overridden too (it records its own outputs with the negative prompt); FreeSwim's no-cache code does,
+    its cache code does not. ``offload``: keep the record on the CPU between its uses.
+    """
+
+    def __init__(self, num_layers: int, cache_steps: int = 1, override_uncond: bool = True, offload: bool = False) -> None:
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        if not isinstance(cache_steps, int) or isinstance(cache_steps, bool) or cache_steps < 1:
+            raise ValueError(f"cache_steps must be an int >= 1, got {cache_steps!r}")
+        if override_uncond not in (True, False):
+            raise ValueError(f"override_uncond must be True or False, got {override_uncond!r}")
+        if offload not in (True, False):
+            raise ValueError(f"offload must be True or False, got {offload!r}")
+        self.num_layers = num_layers
+        self.cache_steps = cache_steps
+        self.override_uncond = override_uncond
+        self.offload = offload
+        self.phase = "window"
+        self.branch = "cond"
+        self.records: dict[str, list[torch.Tensor | None]] = {}
+        self.recorded_at: dict[str, int] = {}
+        self.stats = {"full_passes": 0, "window_passes": 0, "injected_passes": 0, "cached_passes": 0}
+
+    # -- state ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every record and zero the statistics (a new generation)."""
+        self.records.clear()
+        self.recorded_at.clear()
+        self.phase, self.branch = "window", "cond"
+        for name in self.stats:
+            self.stats[name] = 0
+
+    @contextmanager
+    def active(self, phase: str, branch: str = "cond") -> Iterator["CrossAttnOverride"]:
+        """Set ``phase`` and ``branch`` for the transformer calls inside the block."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        previous = (self.phase, self.branch)
+        self.phase, self.branch = phase, branch
+        try:
+            yield self
+        finally:
+            self.phase, self.branch = previous
+
+    def overrides(self, branch: str) -> bool:
+        """Whether the window pass of ``branch`` takes the full branch's cross-attention."""
+        return branch == "cond" or self.override_uncond
+
+    def needs_refresh(self, step: int, branch: str) -> bool:
+        """Refresh on the schedule ``range(0, n, cache_steps)``, or when ``branch`` has no complete record."""
+        record = self.records.get(branch)
+        return step % self.cache_steps == 0 or record is None or any(r is None for r in record)
+
+    # -- what the processors call --------------------------------------------------------------------
+    def store(self, layer: int, output: torch.Tensor) -> None:
+        record = self.records.setdefault(self.branch, [None] * self.num_layers)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        record[layer] = output.detach().to("cpu") if self.offload else output.detach()
+
+    def load(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        record = self.records.get(self.branch)
+        output = None if record is None else record[layer]
+        if output is None:
+            raise RuntimeError(f"no recorded cross-attention output for branch {self.branch!r}, layer {layer}: run a full_record pass first")
+        expected = (like.shape[0], like.shape[1], output.shape[-1])
+        if tuple(output.shape) != expected:
+            raise RuntimeError(f"recorded cross-attention output of layer {layer} has shape {tuple(output.shape)}, the call needs {expected}")
+        return output.to(device=like.device, dtype=like.dtype)
+
+    # -- one denoising call --------------------------------------------------------------------------
+    def forward(self, transformer: torch.nn.Module, step: int, branch: str = "cond", **kwargs: Any) -> Any:
+        """``transformer(**kwargs)`` as the window branch; first a recording full pass when one is due.
+
+        The full pass's own prediction is discarded, as in FreeSwim's batch-of-two scheme.
+        """
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if not self.overrides(branch):
+            with self.active("window", branch):
+                self.stats["window_passes"] += 1
+                return transformer(**kwargs)
+        if self.needs_refresh(step, branch):
+            with self.active("full_record", branch):
+                transformer(**kwargs)
+            self.recorded_at[branch] = step
+            self.stats["full_passes"] += 1
+        else:
+            self.stats["cached_passes"] += 1
+        with self.active("window_inject", branch):
+            self.stats["injected_passes"] += 1
+            return transformer(**kwargs)
+
+
+class FullAttnProcessor(VideoAttnProcessor):
+    """Full video self-attention (SDPA) with the softmax scale ``scale_factor / sqrt(head_dim)``.
+
+    FreeSwim runs both branches' self-attention at its entropy-style factor (see :func:`freeswim_scale_factor`).
+    """
+
+    def __init__(self, scale_factor: float = 1.0, **kwargs: Any) -> None:
+        if isinstance(scale_factor, bool) or not isinstance(scale_factor, (int, float)) or scale_factor <= 0:
+            raise ValueError(f"scale_factor must be a positive float, got {scale_factor!r}")
+        super().__init__(**kwargs)
+        self.scale_factor = float(scale_factor)
+
+    def attend(self, query, key, value, layout: VideoLayout, key_valid, family):
+        mask = None if key_valid is None else key_valid[:, None, None, :]
+        scale = None if self.scale_factor == 1.0 else self.scale_factor / math.sqrt(query.shape[-1])
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+def freeswim_scale_factor(base_tokens: int) -> float:
+    """FreeSwim's entropy-style factor ``sqrt(log(2N) / log(N))`` for ``N`` tokens per frame at the base size.
+
+    Its code hard-codes N = 30 * 52 (480x832 on Wan 2.1), giving 1.046.
+    """
+    if not isinstance(base_tokens, int) or base_tokens < 2:
+        raise ValueError(f"base_tokens must be an int >= 2, got {base_tokens!r}")
+    return math.sqrt(math.log(2 * base_tokens) / math.log(base_tokens))
+
+
+class BranchSelfAttnProcessor:
+    """``attn1``: the full processor in the ``full_record`` phase, the window processor otherwise."""
+
+    def __init__(self, controller: CrossAttnOverride, window: Any, full: Any = None) -> None:
+        self.controller = controller
+        self.window = window
+        self.full = WanAttnProcessor() if full is None else full
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        processor = self.full if self.controller.phase == "full_record" else self.window
+        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+
+
+class OverrideCrossAttnProcessor:
+    """``attn2`` of block ``layer``: records in ``full_record``, injects in ``window_inject``, else its own."""
+
+    def __init__(self, controller: CrossAttnOverride, layer: int, base: Any = None) -> None:
+        self.controller = controller
+        self.layer = layer
+        self.base = WanAttnProcessor() if base is None else base
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        phase = self.controller.phase
+        if phase == "window_inject":
+            return self.controller.load(self.layer, hidden_states)
+        output = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+        if phase == "full_record":
+            self.controller.store(self.layer, output)
+        return output
+
+
+def _wan_blocks(transformer: torch.nn.Module) -> Sequence[torch.nn.Module]:
+    blocks = getattr(transformer, "blocks", None)
+    if blocks is None or not len(blocks) or not all(hasattr(b, "attn1") and hasattr(b, "attn2") for b in blocks):
+        raise ValueError(
+            f"the cross-attention override needs a Wan transformer (blocks with attn1/attn2, e.g. WanTransformer3DModel); "
+            f"got {type(transformer).__name__}"
+        )
+    return blocks
+
+
+def install_cross_override(
+    transformer: torch.nn.Module,
+    window: Any | Sequence[Any],
+    controller: CrossAttnOverride | None = None,
+    full: Any = None,
+    *,
+    cache_steps: int = 1,
+    override_uncond: bool = True,
+    offload: bool = False,
+) -> CrossAttnOverride:
+    """Put the branch processors on every block of a Wan transformer and return their controller.
+
+    ``window``: the window branch's self-attention processor (one shared instance, or one per block); any
+    diffusers processor for Wan ``attn1`` works. ``full``: the full branch's (default: stock Wan attention).
+    Undo with :func:`remove_cross_override` (or ``transformer.set_attn_processor(saved)``).
+    """
+    blocks = _wan_blocks(transformer)
+    windows = list(window) if isinstance(window, (list, tuple)) else [window] * len(blocks)
+    if len(windows) != len(blocks):
+        raise ValueError(f"window must be one processor or one per block ({len(blocks)}), got {len(windows)}")
+    if controller is None:
+        controller = CrossAttnOverride(len(blocks), cache_steps, override_uncond, offload)
+    elif controller.num_layers != len(blocks):
+        raise ValueError(f"controller is for {controller.num_layers} layers, the transformer has {len(blocks)} blocks")
+    for index, block in enumerate(blocks):
+        block.attn1.set_processor(BranchSelfAttnProcessor(controller, windows[index], full))
+        block.attn2.set_processor(OverrideCrossAttnProcessor(controller, index))
+    return controller
+
+
+def remove_cross_override(transformer: torch.nn.Module) -> None:
+    """Stock Wan processors back on every block's ``attn1`` and ``attn2``."""
+    for block in _wan_blocks(transformer):
+        block.attn1.set_processor(WanAttnProcessor())
+        block.attn2.set_processor(WanAttnProcessor())
