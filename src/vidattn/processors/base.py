@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, TypeVar
 
 import torch
 
 from ..context import AttentionContext
 from ..layout import VideoLayout
 from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_with_overrides(config_cls: type[ConfigT], config: ConfigT | None, overrides: dict, owner: str) -> ConfigT:
+    """``config`` (or the defaults) with keyword ``overrides`` applied; unknown names are a ``ValueError``."""
+    config = config if config is not None else config_cls()
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown {owner} argument(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 class VideoAttnProcessor:

@@ -11,7 +11,7 @@ from ..kernels import BACKENDS, block_sparse_attention
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
 from ..patterns.radial import RadialPattern, radial_plan
-from .base import VideoAttnProcessor
+from .base import VideoAttnProcessor, config_with_overrides
 from .install import install_processors, remove_processors
 
 # The official code pins the sink on for Wan and removed it for HunyuanVideo (commit 2f61c30).
@@ -55,12 +55,7 @@ class RadialAttnProcessor(VideoAttnProcessor):
         plan_cache: dict | None = None,
         **overrides,
     ) -> None:
-        config = config or RadialConfig()
-        if overrides:
-            unknown = set(overrides) - set(RadialConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown RadialAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(RadialConfig.__dataclass_fields__)}")
-            config = RadialConfig(**{**config.__dict__, **overrides})
+        config = config_with_overrides(RadialConfig, config, overrides, "RadialAttnProcessor")
         super().__init__(
             family=config.family,
             layout=layout,

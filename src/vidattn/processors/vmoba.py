@@ -20,7 +20,7 @@ from ..patterns.vmoba import (
     validate_selection,
     vmoba_plan,
 )
-from .base import VideoAttnProcessor
+from .base import VideoAttnProcessor, config_with_overrides
 from .install import install_processors, remove_processors
 
 
@@ -153,12 +153,7 @@ class VMoBAAttnProcessor(VideoAttnProcessor):
         plan_cache: dict | None = None,
         **overrides,
     ) -> None:
-        config = config or VMoBAConfig()
-        if overrides:
-            unknown = set(overrides) - set(VMoBAConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown VMoBAAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(VMoBAConfig.__dataclass_fields__)}")
-            config = VMoBAConfig(**{**config.__dict__, **overrides})
+        config = config_with_overrides(VMoBAConfig, config, overrides, "VMoBAAttnProcessor")
         super().__init__(
             family=config.family,
             layout=layout,
