@@ -1,0 +1,1 @@
+"""Video quality and motion metrics that run on decoded frames (no model downloads)."""
