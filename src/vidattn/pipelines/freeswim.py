@@ -1,0 +1,236 @@
+"""FreeSwim: generate at the training size, upsample, re-denoise at high resolution with window attention.
+
+Stage 1 runs the given Wan pipeline (T2V or Wan 2.1 I2V) at ``base_size``; its video is decoded, every
+frame resized bilinearly to the target and re-encoded; stage 2 denoises it SDEdit-style from ``strength``
+with window self-attention whose cross-attention is overridden by a cached full-attention branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..processors.cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
+def _default_window_processor(window: tuple, inward: bool, scale_factor: float, backend: str) -> Any:
+    """The window branch's processor from the window method (issue 5 part A), imported on first use."""
+    try:
+        from ..processors.window import WindowAttnProcessor
+    except ImportError as error:  # pragma: no cover - only before the window method is installed
+        raise ValueError("the window method (vidattn.processors.window) is not available: pass window_processor=") from error
+    return WindowAttnProcessor(window=window, inward=inward, scale_factor=scale_factor, backend=backend)
+
+
+class FreeSwimPipeline:
+    """Coarse-to-fine high-resolution Wan video: ``FreeSwimPipeline.from_pipe(wan_pipe)(prompt, 1088, 1920)``.
+
+    ``window``: (frames, rows, cols) half-widths of the window branch in latent tokens; default
+    ``(None, base_h / stride / 2, base_w / stride / 2)`` where ``None`` means all frames (FreeSwim's choice)
+    and ``stride`` = VAE x patch stride. ``attn_scale_factor``: "freeswim" (``sqrt(log 2N / log N)``, N the
+    base tokens per frame), a float, or 1.0 for the default softmax scale; applied to both branches.
+    ``window_processor``: any Wan self-attention processor (one, or one per block) replacing the default.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        base_size: tuple[int, int] = (480, 832),
+        window: tuple[int | None, int, int] | None = None,
+        inward: bool = True,
+        attn_scale_factor: float | str = "freeswim",
+        window_processor: Any | Sequence[Any] | None = None,
+        backend: str = "auto",
+        offload_cache: bool = False,
+    ) -> None:
+        for name in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
+            if getattr(pipe, name, None) is None:
+                raise ValueError(f"pipe must be a diffusers Wan pipeline with a {name}; got {type(pipe).__name__}")
+        if not hasattr(pipe.transformer, "blocks"):
+            raise ValueError(f"pipe.transformer must be a WanTransformer3DModel, got {type(pipe.transformer).__name__}")
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("expand_timesteps", False):
+            raise ValueError("FreeSwimPipeline supports Wan 2.1 T2V and I2V pipelines (one transformer, no expand_timesteps)")
+        self.pipe = pipe
+        self.stride = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+        self.base_size = self._check_size("base_size", base_size)
+        if inward not in (True, False):
+            raise ValueError(f"inward must be True or False, got {inward!r}")
+        if window is None:
+            window = (None, self.base_size[0] // self.stride // 2, self.base_size[1] // self.stride // 2)
+        if not isinstance(window, tuple) or len(window) != 3:
+            raise ValueError(f"window must be a (frames, rows, cols) tuple of half-widths (frames may be None), got {window!r}")
+        self.window, self.inward, self.backend, self.offload_cache = window, inward, backend, offload_cache
+        base_tokens = (self.base_size[0] // self.stride) * (self.base_size[1] // self.stride)
+        if attn_scale_factor == "freeswim":
+            attn_scale_factor = freeswim_scale_factor(base_tokens)
+        if isinstance(attn_scale_factor, bool) or not isinstance(attn_scale_factor, (int, float)) or attn_scale_factor <= 0:
+            raise ValueError(f"attn_scale_factor must be 'freeswim' or a positive float, got {attn_scale_factor!r}")
+        self.attn_scale_factor = float(attn_scale_factor)
+        self.window_processor = window_processor
+        self.last_stats: dict[str, int] = {}
+
+    @classmethod
+    def from_pipe(cls, pipe: Any, base_size: tuple[int, int] = (480, 832), **kwargs: Any) -> "FreeSwimPipeline":
+        """Wrap a loaded Wan pipeline (its components are shared, not copied)."""
+        return cls(pipe, base_size=base_size, **kwargs)
+
+    def _check_size(self, name: str, size: Any) -> tuple[int, int]:
+        if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ValueError(f"{name} must be (height, width) in pixels, got {size!r}")
+        if size[0] % self.stride or size[1] % self.stride:
+            raise ValueError(f"{name} {tuple(size)} must be multiples of {self.stride} (VAE stride x patch size)")
+        return (int(size[0]), int(size[1]))
+
+    def _window_branch(self) -> Any:
+        if self.window_processor is not None:
+            return self.window_processor
+        return _default_window_processor(self.window, self.inward, self.attn_scale_factor, self.backend)
+
+    # -- the two stages --------------------------------------------------------------------------------
+    def upsample(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Decode normalised stage-1 latents, resize every frame bilinearly, re-encode (FreeSwim resizes pixels)."""
+        vae = self.pipe.vae
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
+        video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0].clamp(-1, 1)
+        batch, channels, frames = video.shape[:3]
+        frames_2d = video.transpose(1, 2).flatten(0, 1).float()
+        resized = F.interpolate(frames_2d, size=(height, width), mode="bilinear", align_corners=False).clamp(-1, 1)
+        video = resized.unflatten(0, (batch, frames)).transpose(1, 2).to(vae.dtype)
+        encoded = vae.encode(video).latent_dist.mode()
+        return ((encoded - mean) / std).float()
+
+    def _stage2_scheduler(self, flow_shift: float | None):
+        scheduler = self.pipe.scheduler
+        if flow_shift is None:
+            return type(scheduler).from_config(scheduler.config)
+        if isinstance(flow_shift, bool) or not isinstance(flow_shift, (int, float)) or flow_shift <= 0:
+            raise ValueError(f"flow_shift must be a positive float or None (keep the scheduler's), got {flow_shift!r}")
+        for key in ("flow_shift", "shift"):
+            if key in scheduler.config:
+                return type(scheduler).from_config(scheduler.config, **{key: float(flow_shift)})
+        raise ValueError(f"flow_shift needs a flow-matching scheduler with 'flow_shift' or 'shift'; got {type(scheduler).__name__}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int = 1088,
+        width: int = 1920,
+        num_frames: int = 81,
+        strength: float = 0.7,
+        cache_steps: int = 2,
+        flow_shift: float | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        image: Any = None,
+        override_uncond: bool | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        base_num_inference_steps: int | None = None,
+        base_guidance_scale: float | None = None,
+        max_sequence_length: int = 512,
+    ) -> WanPipelineOutput | tuple:
+        """Stage 1 at ``base_size``, bilinear upsampling, stage 2 at (height, width) from ``strength``.
+
+        ``override_uncond=None`` follows FreeSwim: overridden without caching (``cache_steps=1``), not with it.
+        ``flow_shift`` applies to stage 2 only (FreeSwim uses 9.0); ``None`` keeps the pipeline scheduler's.
+        """
+        pipe = self.pipe
+        height, width = self._check_size("(height, width)", (height, width))
+        if height < self.base_size[0] or width < self.base_size[1]:
+            raise ValueError(f"target (height, width)=({height}, {width}) must be at least base_size {self.base_size} in both dimensions")
+        temporal = pipe.vae_scale_factor_temporal
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal:
+            raise ValueError(f"num_frames must be 1 + a multiple of {temporal} (e.g. 81), got {num_frames!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if isinstance(cache_steps, bool) or not isinstance(cache_steps, int) or cache_steps < 1:
+            raise ValueError(f"cache_steps must be an int >= 1, got {cache_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        i2v = getattr(pipe, "image_encoder", None) is not None or pipe.transformer.config.in_channels != pipe.vae.config.z_dim
+        if i2v and image is None:
+            raise ValueError("this is an image-to-video pipeline: pass image=")
+        if not i2v and image is not None:
+            raise ValueError("image= is only for image-to-video pipelines (WanImageToVideoPipeline)")
+        override_uncond = cache_steps == 1 if override_uncond is None else override_uncond
+        base_steps = num_inference_steps if base_num_inference_steps is None else base_num_inference_steps
+        base_cfg = guidance_scale if base_guidance_scale is None else base_guidance_scale
+
+        # Stage 1: the stock pipeline at the base size, kept as latents.
+        stage1 = dict(prompt=prompt, negative_prompt=negative_prompt, height=self.base_size[0], width=self.base_size[1],
+                      num_frames=num_frames, num_inference_steps=base_steps, guidance_scale=base_cfg, generator=generator,
+                      output_type="latent", max_sequence_length=max_sequence_length)
+        if i2v:
+            stage1["image"] = image
+        base_latents = pipe(**stage1).frames
+
+        # Upsampling, then stage 2 from `strength`.
+        device, dtype = pipe._execution_device, pipe.transformer.dtype
+        init = self.upsample(base_latents, height, width).to(device)
+        scheduler = self._stage2_scheduler(flow_shift)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+        timesteps = scheduler.timesteps[start * scheduler.order :]
+        if len(timesteps) == 0:
+            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step")
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=torch.float32)
+        first = timesteps[:1].repeat(init.shape[0])
+        latents = scheduler.add_noise(init, noise, first) if hasattr(scheduler, "add_noise") else scheduler.scale_noise(init, first, noise)
+
+        cfg = guidance_scale > 1.0
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+            max_sequence_length=max_sequence_length, device=device,
+        )
+        prompt_embeds = prompt_embeds.to(dtype)
+        negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
+        batch = prompt_embeds.shape[0]
+        image_embeds, condition = None, None
+        if i2v:
+            if pipe.transformer.config.image_dim is not None:
+                image_embeds = pipe.encode_image(image, device).repeat(batch, 1, 1).to(dtype)
+            pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device, torch.float32)
+            _, condition = pipe.prepare_latents(pixels, batch, pipe.vae.config.z_dim, height, width, num_frames,
+                                                torch.float32, device, generator, latents)
+
+        transformer = pipe.transformer
+        saved = dict(transformer.attn_processors)
+        controller = CrossAttnOverride(len(transformer.blocks), cache_steps, override_uncond, self.offload_cache)
+        try:
+            install_cross_override(transformer, self._window_branch(), controller, FullAttnProcessor(self.attn_scale_factor))
+            with pipe.progress_bar(total=len(timesteps)) as progress:
+                for step, t in enumerate(timesteps):
+                    model_input = latents if condition is None else torch.cat([latents, condition], dim=1)
+                    call = dict(hidden_states=model_input.to(dtype), timestep=t.expand(batch),
+                                encoder_hidden_states_image=image_embeds, return_dict=False)
+                    noise_pred = controller.forward(transformer, step, "cond", encoder_hidden_states=prompt_embeds, **call)[0]
+                    if cfg:
+                        noise_uncond = controller.forward(transformer, step, "uncond", encoder_hidden_states=negative_embeds, **call)[0]
+                        noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+                    latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                    progress.update()
+        finally:
+            transformer.set_attn_processor(saved)
+            self.last_stats = {**controller.stats, "steps": len(timesteps)}
+            controller.reset()
+
+        if output_type == "latent":
+            video = latents
+        else:
+            vae = pipe.vae
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
+            video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
+            video = pipe.video_processor.postprocess_video(video, output_type=output_type)
+        pipe.maybe_free_model_hooks()
+        return WanPipelineOutput(frames=video) if return_dict else (video,)
