@@ -226,3 +226,93 @@ def test_controller_bad_input(model):
         install_cross_override(torch.nn.Linear(2, 2), LocalAttn())
     with pytest.raises(ValueError, match="scale_factor"):
         FullAttnProcessor(scale_factor=0)
+
+
+# -- FreeSwimPipeline ----------------------------------------------------------------------------------------
+from vidattn.pipelines.default_model import build_default_pipeline  # noqa: E402
+from vidattn.pipelines.freeswim import FreeSwimPipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wan_pipe():
+    pipe = build_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _processor_types(transformer):
+    return {name: type(p) for name, p in transformer.attn_processors.items()}
+
+
+def test_freeswim_end_to_end_t2v_with_the_window_method(wan_pipe):
+    pytest.importorskip("vidattn.processors.window")
+    before = _processor_types(wan_pipe.transformer)
+    fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), backend="dense")  # window (all frames, 1, 1)
+    video = fs("a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=4, strength=0.75,
+               cache_steps=2, flow_shift=9.0, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    assert video.shape == (1, 5, 3, 64, 64)
+    assert torch.isfinite(video).all()
+    # 3 of 4 steps run; cond refreshes at steps 0 and 2, uncond is not overridden when caching (FreeSwim's cache code)
+    assert fs.last_stats == {"full_passes": 2, "window_passes": 3, "injected_passes": 3, "cached_passes": 1, "steps": 3}
+    assert _processor_types(wan_pipe.transformer) == before  # stock processors restored for stage 1 / later calls
+    assert wan_pipe.scheduler.config.shift == 3.0  # flow_shift went to a stage-2 copy, not the frozen config
+
+
+def test_flow_shift_builds_a_stage2_scheduler_copy(wan_pipe):
+    fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), window_processor=LocalAttn())
+    stage2 = fs._stage2_scheduler(9.0)
+    assert stage2 is not wan_pipe.scheduler and stage2.config.shift == 9.0 and wan_pipe.scheduler.config.shift == 3.0
+    stage2.set_timesteps(10)
+    same = fs._stage2_scheduler(None)
+    same.set_timesteps(10)
+    assert (stage2.sigmas[1:-1] > same.sigmas[1:-1]).all()  # a larger shift keeps more noise at every step
+
+
+def test_freeswim_end_to_end_i2v_image_tokens():
+    from tiny_pipelines import tiny_wan_i2v_pipeline
+
+    pipe = tiny_wan_i2v_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    embeds, negative = torch.randn(1, 512, 32, generator=g), torch.randn(1, 512, 32, generator=g)
+    fs = FreeSwimPipeline.from_pipe(pipe, base_size=(32, 32), window_processor=LocalAttn())
+    video = fs(prompt_embeds=embeds, negative_prompt_embeds=negative, image=image, height=32, width=64, num_frames=5,
+               num_inference_steps=2, strength=0.5, cache_steps=1, generator=torch.Generator().manual_seed(0),
+               output_type="pt").frames
+    assert video.shape == (1, 5, 3, 32, 64)
+    assert torch.isfinite(video).all()
+    assert fs.last_stats["full_passes"] == 2 and fs.last_stats["injected_passes"] == 2  # cond and uncond overridden
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(height=16, width=64), "at least base_size"),
+        (dict(height=64, width=72), "multiples of 16"),
+        (dict(num_frames=6), "num_frames"),
+        (dict(strength=0.0), "strength"),
+        (dict(cache_steps=0), "cache_steps"),
+        (dict(flow_shift=-1.0), "flow_shift"),
+        (dict(output_type="gif"), "output_type"),
+        (dict(image=torch.zeros(3, 32, 32)), "image-to-video"),
+    ],
+)
+def test_freeswim_bad_call_arguments(wan_pipe, kwargs, match):
+    fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), window_processor=LocalAttn())
+    call = dict(prompt="a red circle", height=64, width=64, num_frames=5, num_inference_steps=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        fs(**call)
+
+
+def test_freeswim_bad_construction(wan_pipe):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        FreeSwimPipeline.from_pipe(wan_pipe, base_size=(40, 32))
+    with pytest.raises(ValueError, match="base_size"):
+        FreeSwimPipeline.from_pipe(wan_pipe, base_size=480)
+    with pytest.raises(ValueError, match="attn_scale_factor"):
+        FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), attn_scale_factor="paper")
+    with pytest.raises(ValueError, match="window"):
+        FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), window=(1, 1))
+    with pytest.raises(ValueError, match="Wan pipeline"):
+        FreeSwimPipeline.from_pipe(object())

@@ -138,6 +138,8 @@ class FreeSwimPipeline:
         base_num_inference_steps: int | None = None,
         base_guidance_scale: float | None = None,
         max_sequence_length: int = 512,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> WanPipelineOutput | tuple:
         """Stage 1 at ``base_size``, bilinear upsampling, stage 2 at (height, width) from ``strength``.
 
@@ -169,7 +171,8 @@ class FreeSwimPipeline:
         # Stage 1: the stock pipeline at the base size, kept as latents.
         stage1 = dict(prompt=prompt, negative_prompt=negative_prompt, height=self.base_size[0], width=self.base_size[1],
                       num_frames=num_frames, num_inference_steps=base_steps, guidance_scale=base_cfg, generator=generator,
-                      output_type="latent", max_sequence_length=max_sequence_length)
+                      output_type="latent", max_sequence_length=max_sequence_length, prompt_embeds=prompt_embeds,
+                      negative_prompt_embeds=negative_prompt_embeds)
         if i2v:
             stage1["image"] = image
         base_latents = pipe(**stage1).frames
@@ -189,8 +192,8 @@ class FreeSwimPipeline:
 
         cfg = guidance_scale > 1.0
         prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
-            max_sequence_length=max_sequence_length, device=device,
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device,
         )
         prompt_embeds = prompt_embeds.to(dtype)
         negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
