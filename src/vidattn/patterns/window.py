@@ -1,0 +1,311 @@
+"""3D sliding-window attention pattern (FreeSwim's inward window, spec freeswim_and_broadway.md section 1.2).
+
+Each video query (t, h, w) attends the keys inside a per-axis window around it: ``lo`` positions before and
+``hi`` after (a half-width d is lo = hi = d), optionally dilated (every r-th position, the query's own residue),
+or the whole axis (``None``). With ``inward`` the window is slid into the grid at the borders instead of being
+truncated, so every query keeps exactly the window volume. Text tokens attend and are attended densely.
+
+The plan is built without any N x N evaluation: the tokens of each 128-token block are split into boxes (product
+sets of per-axis ranges), a box of queries touches a box of keys iff it does on every axis, and full tiles are
+those whose key boxes lie inside every query's window. Optionally the tokens are reordered into 3D tiles
+(sliding-tile attention): then every block is one box, fewer tiles are touched and more of them are full.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..layout import VideoLayout
+from .plan import BlockPlan
+
+AXES = ("frames", "rows", "cols")
+# (lo, hi) offsets of one axis, or None for the whole axis.
+Extent = tuple[int, int] | None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def window_extents(window=None, size=None) -> tuple[Extent, Extent, Extent]:
+    """Per-axis (lo, hi) from half-widths ``window`` or full sizes ``size`` (frames, rows, cols).
+
+    A half-width d gives (d, d); a size s gives ((s - 1) // 2, s // 2); None or -1 means the whole axis.
+    """
+    if window is not None and size is not None:
+        raise ValueError("give either window (half-widths) or size (full window sizes), not both")
+    name, values = ("size", size) if size is not None else ("window", window)
+    if not isinstance(values, (tuple, list)) or len(values) != 3:
+        raise ValueError(f"{name} must be three entries (frames, rows, cols), each an int or None/-1 for the whole axis; got {values!r}")
+    extents = []
+    for axis, v in zip(AXES, values):
+        if v is None or (_is_int(v) and v == -1):
+            extents.append(None)
+            continue
+        low = 0 if name == "window" else 1
+        if not _is_int(v) or v < low:
+            raise ValueError(f"{name} along {axis} must be an int >= {low} or None/-1 (whole axis), got {v!r}")
+        extents.append((v, v) if name == "window" else ((v - 1) // 2, v // 2))
+    return tuple(extents)  # type: ignore[return-value]
+
+
+def _normalize_triple(name: str, value, low: int) -> tuple[int, int, int]:
+    values = (value,) * 3 if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if values is None or len(values) != 3 or not all(_is_int(v) and v >= low for v in values):
+        raise ValueError(f"{name} must be an int >= {low} or three such ints (frames, rows, cols), got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class WindowPattern:
+    """A 3D window: ``extents`` per axis (see :func:`window_extents`), ``dilation`` per axis, ``inward`` shift.
+
+    ``tile`` (frames, rows, cols) reorders the video tokens into 3D tiles of that shape for the kernel (the grid
+    is padded up to whole tiles with masked tokens); None keeps the frame-major order.
+    """
+
+    extents: tuple[Extent, Extent, Extent] = (None, (15, 15), (26, 26))
+    dilation: tuple[int, int, int] = (1, 1, 1)
+    inward: bool = True
+    block_size: int = 128
+    tile: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.extents, tuple) or len(self.extents) != 3:
+            raise ValueError(f"extents must be three (lo, hi) pairs or None, got {self.extents!r}")
+        for axis, ext in zip(AXES, self.extents):
+            if ext is not None and not (isinstance(ext, tuple) and len(ext) == 2 and all(_is_int(e) and e >= 0 for e in ext)):
+                raise ValueError(f"extent along {axis} must be (lo, hi) ints >= 0 or None, got {ext!r}")
+        object.__setattr__(self, "dilation", _normalize_triple("dilation", self.dilation, 1))
+        for axis, ext, r in zip(AXES, self.extents, self.dilation):
+            if ext is None and r != 1:
+                raise ValueError(f"dilation along {axis} must be 1 when the window spans the whole axis, got {r}")
+        if not isinstance(self.inward, bool):
+            raise ValueError(f"inward must be True or False, got {self.inward!r}")
+        if not _is_int(self.block_size) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive int (e.g. 128), got {self.block_size!r}")
+        if self.tile is not None:
+            object.__setattr__(self, "tile", _normalize_triple("tile", self.tile, 1))
+
+    def volume(self, grid: tuple[int, int, int]) -> int:
+        """Keys per video query with ``inward`` on: the product of the window lengths (whole axes count fully)."""
+        return math.prod(length if ext is None else ext[0] + ext[1] + 1 for ext, length in zip(self.extents, grid))
+
+    def check_grid(self, grid: tuple[int, int, int]) -> None:
+        """With ``inward`` the window must fit in the grid (in every dilation class); ValueError otherwise."""
+        if not self.inward:
+            return
+        for axis, ext, r, length in zip(AXES, self.extents, self.dilation, grid):
+            if ext is None:
+                continue
+            need = r * (ext[0] + ext[1] + 1) if r > 1 else ext[0] + ext[1] + 1
+            if length // r < ext[0] + ext[1] + 1:
+                raise ValueError(
+                    f"window along {axis} spans {ext[0] + ext[1] + 1} positions (dilation {r}, needs {need}) but the grid "
+                    f"has {length} {axis}; with inward=True the window must fit in the grid: use a smaller window, "
+                    "None/-1 for the whole axis, or inward=False"
+                )
+
+
+def axis_table(length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor:
+    """(length, length) bool: may a query at position q see a key at position k along one axis."""
+    q = torch.arange(length).view(-1, 1)
+    k = torch.arange(length).view(1, -1)
+    if extent is None:
+        return torch.ones(length, length, dtype=torch.bool)
+    lo, hi = extent
+    r = dilation
+    same_class = (k - q) % r == 0
+    m, mk = q // r, k // r  # index inside the residue class
+    start = m - lo
+    if inward:
+        class_len = (length - q % r + r - 1) // r
+        start = torch.minimum(start.clamp(min=0), class_len - 1 - lo - hi)
+    return same_class & (mk >= start) & (mk <= start + lo + hi)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowPlan:
+    """A window plan in the kernel's token order.
+
+    ``order`` (None for the natural order) maps kernel position p to the original joint index, or to
+    ``layout.total_tokens`` for a padding token; ``inverse`` maps each original token to its kernel position.
+    """
+
+    plan: BlockPlan
+    layout: VideoLayout
+    pattern: WindowPattern
+    order: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+    memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def tile_density(self) -> float:
+        """Share of (query tile, key tile) pairs the kernel computes."""
+        return self.plan.tile_density
+
+    @property
+    def full_share(self) -> float:
+        """Share of computed tiles that need no token mask."""
+        return (self.plan.full.sum() / self.plan.tiles.sum().clamp(min=1)).item()
+
+    def token_density(self) -> float:
+        """Share of (video query, video key) pairs allowed: the window volume over the grid (exact, per axis)."""
+        grid = self.layout.grid
+        counts = [axis_table(n, e, r, self.pattern.inward).sum().item() / n**2 for n, e, r in zip(grid, self.pattern.extents, self.pattern.dilation)]
+        return math.prod(counts)
+
+
+def _kernel_order(layout: VideoLayout, tile: tuple[int, int, int] | None, block_size: int, device) -> tuple[torch.Tensor | None, int]:
+    """(order, video span): kernel position -> original joint index (pads -> total_tokens). None = natural order."""
+    if tile is None:
+        return None, layout.video_tokens
+    f, h, w = layout.grid
+    tf, th, tw = (min(t, n) for t, n in zip(tile, layout.grid))
+    pf, ph, pw = (-(-n // t) * t for n, t in zip((f, h, w), (tf, th, tw)))
+    t = torch.arange(pf, device=device).view(-1, 1, 1)
+    r = torch.arange(ph, device=device).view(1, -1, 1)
+    c = torch.arange(pw, device=device).view(1, 1, -1)
+    index = (t * h + r) * w + c + layout.video_start
+    index = torch.where((t < f) & (r < h) & (c < w), index, layout.total_tokens)
+    # (tile f, tile h, tile w, inner f, inner h, inner w): tiles in raster order, tokens raster inside a tile.
+    index = index.view(pf // tf, tf, ph // th, th, pw // tw, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1)
+    span = -(-index.numel() // block_size) * block_size
+    index = torch.cat([index, torch.full((span - index.numel(),), layout.total_tokens, device=device)])
+    text = torch.arange(layout.text, device=device) + (0 if layout.text_position == "before" else layout.video_tokens)
+    return torch.cat([index, text]), span
+
+
+def _coords(layout: VideoLayout, order: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, ...]:
+    """Per kernel position: kind (0 video, 1 text, 2 pad) and (t, h, w) (0 for text and pads)."""
+    src = torch.arange(n, device=device) if order is None else order
+    v = src - layout.video_start
+    is_video = (v >= 0) & (v < layout.video_tokens) & (src < layout.total_tokens)
+    kind = torch.where(is_video, 0, torch.where(src < layout.total_tokens, 1, 2))
+    v = torch.where(is_video, v, 0)
+    w = v % layout.width
+    hh = (v // layout.width) % layout.height
+    t = v // layout.tokens_per_frame
+    return kind, t, hh, w
+
+
+def _runs(keys: list[torch.Tensor], step: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """Start flags of runs: an item continues the previous run iff every key is equal and ``cont`` holds."""
+    same = torch.ones_like(cont)
+    for key in keys:
+        same = same & (key[1:] == key[:-1])
+    starts = torch.ones(step.numel(), dtype=torch.bool, device=step.device)
+    starts[1:] = ~(same & cont)
+    return starts
+
+
+def _boxes(block: torch.Tensor, t: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split video tokens (given in kernel order with their block) into boxes: runs of consecutive cols in one
+    row, merged over consecutive rows with the same cols, then over consecutive frames with the same rows/cols."""
+    # Level 1: runs along cols.
+    starts = _runs([block, t, h], w, w[1:] == w[:-1] + 1)
+    first = starts.nonzero().squeeze(1)
+    last = torch.cat([first[1:] - 1, first.new_tensor([w.numel() - 1])])
+    b, t1, h1, w0, w1 = block[first], t[first], h[first], w[first], w[last]
+    # Level 2: merge consecutive rows with the same col range.
+    starts = _runs([b, t1, w0, w1], h1, h1[1:] == h1[:-1] + 1)
+    first = starts.nonzero().squeeze(1)
+    last = torch.cat([first[1:] - 1, first.new_tensor([h1.numel() - 1])])
+    b, t2, h0, h1, w0, w1 = b[first], t1[first], h1[first], h1[last], w0[first], w1[first]
+    # Level 3: merge consecutive frames with the same row and col ranges.
+    starts = _runs([b, h0, h1, w0, w1], t2, t2[1:] == t2[:-1] + 1)
+    first = starts.nonzero().squeeze(1)
+    last = torch.cat([first[1:] - 1, first.new_tensor([t2.numel() - 1])])
+    return dict(block=b[first], t0=t2[first], t1=t2[last], h0=h0[first], h1=h1[first], w0=w0[first], w1=w1[first])
+
+
+def _range_tables(table: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For a (L, L) axis table: per query range [a, b] the hull of keys any query sees (union lo/hi) and the
+    range all queries see (intersection lo/hi), each as (L, L) tensors indexed [a, b]."""
+    length = table.shape[0]
+    pos = torch.arange(length)
+    lo = torch.where(table, pos, length).amin(1)
+    hi = torch.where(table, pos, -1).amax(1)
+    union_lo = torch.full((length, length), length)
+    union_hi = torch.full((length, length), -1)
+    inter_lo = torch.full((length, length), -1)
+    inter_hi = torch.full((length, length), length)
+    for a in range(length):
+        union_lo[a, a:] = torch.cummin(lo[a:], 0).values
+        union_hi[a, a:] = torch.cummax(hi[a:], 0).values
+        inter_lo[a, a:] = torch.cummax(lo[a:], 0).values
+        inter_hi[a, a:] = torch.cummin(hi[a:], 0).values
+    return union_lo, union_hi, inter_lo, inter_hi
+
+
+def _tiles_from_boxes(qb: dict, kb: dict, tables: list[torch.Tensor], dense_axis: list[bool], blocks: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(touched, contained) per (query block, key block): some / every query of the block sees some / every key
+    of the key block, from pairwise box tests (exact per axis without dilation, a superset with it)."""
+    device = qb["block"].device
+    ranges = [[r.to(device) for r in _range_tables(tab)] for tab in tables]
+    touched = torch.zeros(blocks, blocks, dtype=torch.bool, device=device)
+    contained = torch.ones(blocks, blocks, dtype=torch.bool, device=device)
+    k_block = kb["block"]
+    for start in range(0, qb["block"].numel(), chunk):
+        sl = slice(start, start + chunk)
+        hit = torch.ones(1, 1, dtype=torch.bool, device=device)
+        inside = torch.ones(1, 1, dtype=torch.bool, device=device)
+        for axis, (u_lo, u_hi, i_lo, i_hi), dense in zip("thw", ranges, dense_axis):
+            a, b = qb[axis + "0"][sl], qb[axis + "1"][sl]
+            ka, kz = kb[axis + "0"].view(1, -1), kb[axis + "1"].view(1, -1)
+            hit = hit & (u_lo[a, b].view(-1, 1) <= kz) & (u_hi[a, b].view(-1, 1) >= ka)
+            # Without dilation the keys a query sees form an interval, so containment is an interval test.
+            inside = inside & (i_lo[a, b].view(-1, 1) <= ka) & (i_hi[a, b].view(-1, 1) >= kz) if dense else inside & False
+        rows = qb["block"][sl]
+        shape = (rows.numel(), k_block.numel())
+        hit_per_key_block = torch.zeros(rows.numel(), blocks, device=device).index_add_(1, k_block, hit.expand(shape).float())
+        miss_per_key_block = torch.zeros(rows.numel(), blocks, device=device).index_add_(1, k_block, (~inside).expand(shape).float())
+        touched |= torch.zeros(blocks, blocks, device=device).index_add_(0, rows, (hit_per_key_block > 0).float()) > 0
+        contained &= torch.zeros(blocks, blocks, device=device).index_add_(0, rows, (miss_per_key_block > 0).float()) == 0
+    return touched, contained
+
+
+def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device | str = "cpu") -> WindowPlan:
+    """Block plan of ``pattern`` on ``layout`` (text dense), in the natural or the 3D-tiled token order."""
+    pattern.check_grid(layout.grid)
+    device = torch.device(device)
+    bs = pattern.block_size
+    order, span = _kernel_order(layout, pattern.tile, bs, device)
+    n = layout.total_tokens if order is None else order.numel()
+    blocks = -(-n // bs)
+    kind, t, h, w = _coords(layout, order, n, device)
+    tables = [axis_table(length, ext, r, pattern.inward) for length, ext, r in zip(layout.grid, pattern.extents, pattern.dilation)]
+    dense_axis = [ext is None or r == 1 for ext, r in zip(pattern.extents, pattern.dilation)]
+    pos = torch.arange(n, device=device)
+    video = kind == 0
+    boxes = _boxes(pos[video] // bs, t[video], h[video], w[video])
+    touched, contained = _tiles_from_boxes(boxes, boxes, tables, dense_axis, blocks)
+    # Blocks with text: text queries see everything, every query sees text keys.
+    text_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[kind == 1] // bs, True)
+    tiles = touched | text_block.view(-1, 1) | text_block.view(1, -1)
+    # A block with video queries is full only if those are contained; blocks with pad keys are never full.
+    pad_key_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[kind == 2] // bs, True)
+    # Text queries and text keys are always allowed, so only video-video pairs can break a full tile.
+    full = tiles & ~pad_key_block.view(1, -1) & contained
+
+    tabs = [tab.to(device) for tab in tables]
+    # Kernels evaluate the mask on indices up to blocks * bs: the tail positions are padding.
+    tail = blocks * bs - n
+    kind_d = torch.nn.functional.pad(kind, (0, tail), value=2)
+    t_d, h_d, w_d = (torch.nn.functional.pad(x, (0, tail)) for x in (t, h, w))
+
+    def token_mask(b, hh, q_idx, kv_idx):
+        kq, kk = kind_d[q_idx], kind_d[kv_idx]
+        inside = tabs[0][t_d[q_idx], t_d[kv_idx]] & tabs[1][h_d[q_idx], h_d[kv_idx]] & tabs[2][w_d[q_idx], w_d[kv_idx]]
+        return (kk != 2) & ((kq == 1) | (kk == 1) | inside)
+
+    plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), token_mask=token_mask)
+    inverse = None
+    if order is not None:
+        real = order < layout.total_tokens
+        inverse = torch.empty(layout.total_tokens, dtype=torch.long, device=device)
+        inverse[order[real]] = pos[real]
+    return WindowPlan(plan, layout, pattern, order, inverse)

@@ -1,0 +1,156 @@
+"""3D sliding-window (FreeSwim inward window) attention as a diffusers processor (Wan, HunyuanVideo, CogVideoX)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..context import AttentionContext
+from ..kernels import BACKENDS, block_sparse_attention
+from ..layout import VideoLayout
+from ..patterns.plan import BlockPlan
+from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
+from .base import VideoAttnProcessor
+from .install import install_processors, remove_processors
+
+
+def entropy_scale_factor(train_tokens: int, infer_tokens: int) -> float:
+    """Entropy-style attention-scale factor ``sqrt(log(infer_tokens) / log(train_tokens))`` (times 1/sqrt(d))."""
+    if not (isinstance(train_tokens, int) and isinstance(infer_tokens, int) and train_tokens > 1 and infer_tokens > 1):
+        raise ValueError(f"train_tokens and infer_tokens must be ints > 1, got {train_tokens!r}, {infer_tokens!r}")
+    return math.sqrt(math.log(infer_tokens) / math.log(train_tokens))
+
+
+# FreeSwim's code: a fixed factor with the inference token count hard-coded as twice Wan's 30x52 training grid.
+FREESWIM_SCALE_FACTOR = entropy_scale_factor(30 * 52, 30 * 52 * 2)  # 1.0461...
+# FreeSwim's half-widths for Wan 2.1 1.3B (base 480x832 -> 30x52 tokens): all frames, 15 rows, 26 cols.
+FREESWIM_WINDOW = (None, 15, 26)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window attention settings; defaults are FreeSwim's (all frames x 31 rows x 53 cols, inward, scale 1.046).
+
+    ``window`` gives per-axis half-widths (frames, rows, cols), ``size`` full window sizes instead (give at most
+    one); an entry None or -1 is the whole axis. ``scale_factor`` multiplies the default 1/sqrt(head_dim)
+    softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles for the kernel (None: natural
+    frame-major order).
+    """
+
+    window: tuple | None = None
+    size: tuple | None = None
+    inward: bool = True
+    dilation: int | tuple[int, int, int] = 1
+    scale_factor: float = FREESWIM_SCALE_FACTOR
+    block_size: int = 128
+    tile: tuple[int, int, int] | None = None
+    dense_steps: int = 0
+    dense_layers: int = 0
+    backend: str = "auto"
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("window", "size"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.dilation, list):
+            object.__setattr__(self, "dilation", tuple(self.dilation))
+        if isinstance(self.tile, list):
+            object.__setattr__(self, "tile", tuple(self.tile))
+        self.pattern()  # validates window/size, dilation, inward, block_size, tile
+        if isinstance(self.scale_factor, bool) or not isinstance(self.scale_factor, (int, float)) or not self.scale_factor > 0:
+            raise ValueError(f"scale_factor must be a number > 0 (1.0 = default 1/sqrt(d) scale), got {self.scale_factor!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def extents(self):
+        """Per-axis (lo, hi) or None (whole axis)."""
+        if self.window is None and self.size is None:
+            return window_extents(FREESWIM_WINDOW)
+        return window_extents(self.window, self.size)
+
+    def pattern(self) -> WindowPattern:
+        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, self.tile)
+
+
+def window_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    wplan: WindowPlan,
+    key_valid: torch.Tensor | None = None,
+    backend: str = "auto",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so)."""
+    if wplan.order is None:
+        return block_sparse_attention(query, key, value, wplan.plan, key_valid, backend=backend, scale=scale)
+    order = wplan.order.to(query.device)
+    # One extra zero token at index N stands for every padding position.
+    q, k, v = (F.pad(x, (0, 0, 0, 1)).index_select(-2, order) for x in (query, key, value))
+    if key_valid is not None:
+        key_valid = F.pad(key_valid, (0, 1), value=False).index_select(-1, order.to(key_valid.device))
+    out = block_sparse_attention(q, k, v, wplan.plan, key_valid, backend=backend, scale=scale)
+    return out.index_select(-2, wplan.inverse.to(out.device))
+
+
+class WindowAttnProcessor(VideoAttnProcessor):
+    """Drop-in window attention: ``transformer.set_attn_processor(WindowAttnProcessor(window=(3, 15, 26), inward=True))``."""
+
+    def __init__(
+        self,
+        config: WindowConfig | None = None,
+        *,
+        layout: VideoLayout | None = None,
+        layer_idx: int | None = None,
+        context: AttentionContext | None = None,
+        plan_cache: dict | None = None,
+        **overrides,
+    ) -> None:
+        config = config or WindowConfig()
+        if overrides:
+            unknown = set(overrides) - set(WindowConfig.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown WindowAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(WindowConfig.__dataclass_fields__)}")
+            config = WindowConfig(**{**config.__dict__, **overrides})
+        super().__init__(
+            family=config.family,
+            layout=layout,
+            layer_idx=layer_idx,
+            context=context,
+            dense_steps=config.dense_steps,
+            dense_layers=config.dense_layers,
+            plan_cache=plan_cache,
+        )
+        self.config = config
+
+    def window_plan(self, layout: VideoLayout, device: torch.device | str = "cpu") -> WindowPlan:
+        """The cached window plan (with the token order) for ``layout``."""
+        pattern = self.config.pattern()
+        return self.cached_plan(("window", layout, pattern, str(device)), lambda: window_plan(layout, pattern, device))
+
+    def plan(self, layout: VideoLayout, family: str = "wan", device: torch.device | str = "cpu") -> BlockPlan:
+        """The block plan for ``layout`` in the kernel's token order (what ``vidattn mask`` draws)."""
+        return self.window_plan(layout, device).plan
+
+    def attend(self, query, key, value, layout, key_valid, family):
+        scale = self.config.scale_factor / math.sqrt(query.shape[-1])
+        return window_attention(query, key, value, self.window_plan(layout, query.device), key_valid, self.config.backend, scale)
+
+
+def apply_window_attention(transformer: torch.nn.Module, config: WindowConfig | None = None) -> AttentionContext:
+    """Window attention on every video self-attention layer, plus the hook for dense warm-up steps/layers."""
+    config = config or WindowConfig()
+    plan_cache: dict = {}
+    return install_processors(
+        transformer, lambda index, family, context: WindowAttnProcessor(config, layer_idx=index, context=context, plan_cache=plan_cache)
+    )
+
+
+def remove_window_attention(transformer: torch.nn.Module) -> None:
+    """Restore the stock processors and remove the hook installed by :func:`apply_window_attention`."""
+    remove_processors(transformer)
