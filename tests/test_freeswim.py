@@ -248,8 +248,8 @@ def test_freeswim_end_to_end_t2v_with_the_window_method(wan_pipe):
     pytest.importorskip("vidattn.processors.window")
     before = _processor_types(wan_pipe.transformer)
     fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), backend="dense")  # window (all frames, 1, 1)
-    video = fs("a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=4, strength=0.75,
-               cache_steps=2, flow_shift=9.0, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    video = fs("a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=4, strength=0.75, base_num_inference_steps=1,
+               cache_steps=2, flow_shift=9.0, max_sequence_length=16, generator=torch.Generator().manual_seed(0), output_type="pt").frames
     assert video.shape == (1, 5, 3, 64, 64)
     assert torch.isfinite(video).all()
     # 3 of 4 steps run; cond refreshes at steps 0 and 2, uncond is not overridden when caching (FreeSwim's cache code)
@@ -278,7 +278,7 @@ def test_freeswim_end_to_end_i2v_image_tokens():
     embeds, negative = torch.randn(1, 512, 32, generator=g), torch.randn(1, 512, 32, generator=g)
     fs = FreeSwimPipeline.from_pipe(pipe, base_size=(32, 32), window_processor=LocalAttn())
     video = fs(prompt_embeds=embeds, negative_prompt_embeds=negative, image=image, height=32, width=64, num_frames=5,
-               num_inference_steps=2, strength=0.5, cache_steps=1, generator=torch.Generator().manual_seed(0),
+               num_inference_steps=2, strength=0.5, cache_steps=1, base_num_inference_steps=1, generator=torch.Generator().manual_seed(0),
                output_type="pt").frames
     assert video.shape == (1, 5, 3, 32, 64)
     assert torch.isfinite(video).all()
@@ -300,7 +300,7 @@ def test_freeswim_end_to_end_i2v_image_tokens():
 )
 def test_freeswim_bad_call_arguments(wan_pipe, kwargs, match):
     fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), window_processor=LocalAttn())
-    call = dict(prompt="a red circle", height=64, width=64, num_frames=5, num_inference_steps=2) | kwargs
+    call = dict(prompt="a red circle", height=64, width=64, num_frames=5, num_inference_steps=2, max_sequence_length=16) | kwargs
     with pytest.raises(ValueError, match=match):
         fs(**call)
 

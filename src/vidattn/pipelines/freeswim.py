@@ -155,6 +155,8 @@ class FreeSwimPipeline:
             raise ValueError(f"num_frames must be 1 + a multiple of {temporal} (e.g. 81), got {num_frames!r}")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if not isinstance(num_inference_steps, int) or int(num_inference_steps * strength) < 1:
+            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step")
         if isinstance(cache_steps, bool) or not isinstance(cache_steps, int) or cache_steps < 1:
             raise ValueError(f"cache_steps must be an int >= 1, got {cache_steps!r}")
         if output_type not in OUTPUT_TYPES:
@@ -165,38 +167,38 @@ class FreeSwimPipeline:
         if not i2v and image is not None:
             raise ValueError("image= is only for image-to-video pipelines (WanImageToVideoPipeline)")
         override_uncond = cache_steps == 1 if override_uncond is None else override_uncond
+        scheduler = self._stage2_scheduler(flow_shift)  # validates flow_shift before stage 1 runs
         base_steps = num_inference_steps if base_num_inference_steps is None else base_num_inference_steps
         base_cfg = guidance_scale if base_guidance_scale is None else base_guidance_scale
 
+        # Prompts are encoded once, for both stages.
+        device, dtype = pipe._execution_device, pipe.transformer.dtype
+        cfg = guidance_scale > 1.0
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg or base_cfg > 1.0, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device,
+        )
+
         # Stage 1: the stock pipeline at the base size, kept as latents.
-        stage1 = dict(prompt=prompt, negative_prompt=negative_prompt, height=self.base_size[0], width=self.base_size[1],
+        stage1 = dict(height=self.base_size[0], width=self.base_size[1],
                       num_frames=num_frames, num_inference_steps=base_steps, guidance_scale=base_cfg, generator=generator,
                       output_type="latent", max_sequence_length=max_sequence_length, prompt_embeds=prompt_embeds,
-                      negative_prompt_embeds=negative_prompt_embeds)
+                      negative_prompt_embeds=negative_embeds)
         if i2v:
             stage1["image"] = image
         base_latents = pipe(**stage1).frames
 
         # Upsampling, then stage 2 from `strength`.
-        device, dtype = pipe._execution_device, pipe.transformer.dtype
+        prompt_embeds = prompt_embeds.to(dtype)
+        negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
         init = self.upsample(base_latents, height, width).to(device)
-        scheduler = self._stage2_scheduler(flow_shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
         start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
         timesteps = scheduler.timesteps[start * scheduler.order :]
-        if len(timesteps) == 0:
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step")
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=torch.float32)
         first = timesteps[:1].repeat(init.shape[0])
         latents = scheduler.add_noise(init, noise, first) if hasattr(scheduler, "add_noise") else scheduler.scale_noise(init, first, noise)
 
-        cfg = guidance_scale > 1.0
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device,
-        )
-        prompt_embeds = prompt_embeds.to(dtype)
-        negative_embeds = None if negative_embeds is None else negative_embeds.to(dtype)
         batch = prompt_embeds.shape[0]
         image_embeds, condition = None, None
         if i2v:
