@@ -54,6 +54,7 @@ class TrainConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
+    max_steps_per_run: int | None = None  # stop (with a checkpoint) after this many steps; resume later
     log_with: str | None = None
     log_every: int = 1
     progress_bar: bool = True
@@ -70,8 +71,9 @@ class TrainConfig:
             raise ValueError("method_args.dense_steps is an inference setting (training samples noise levels at random); use dense_layers")
         _positive_int(self, "lora_rank", "max_train_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every")
         _nonneg_int(self, "dense_layers", "lr_warmup_steps", "seed")
-        if self.checkpoints_total_limit is not None:
-            _positive_int(self, "checkpoints_total_limit")
+        for name in ("checkpoints_total_limit", "max_steps_per_run"):
+            if getattr(self, name) is not None:
+                _positive_int(self, name)
         if self.lora_alpha is not None and (not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0):
             raise ValueError(f"lora_alpha must be a number > 0 or null (= lora_rank), got {self.lora_alpha!r}")
         if not 0 <= self.lora_dropout < 1:

@@ -46,6 +46,7 @@ class TrainResult:
     lora_path: str | None = None
     extra_params_path: str | None = None
     steps_per_second: float = 0.0
+    transformer: torch.nn.Module | None = field(default=None, repr=False)  # the trained (unwrapped) model
 
 
 def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -200,6 +201,12 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device; without one, accelerate must be told ``cpu=True`` to go distributed."""
+    probe = getattr(torch, "accelerator", None)
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) one LoRA training run described by ``config``; the main process exports the LoRA at the end."""
     from accelerate import Accelerator
@@ -208,11 +215,13 @@ def train(config: TrainConfig) -> TrainResult:
 
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
+        cpu=not has_accelerator(),  # multi-process CPU runs (torchrun, tests) then use DDP over gloo
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    logger.info("process %d of %d on %s (%s)", accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.distributed_type)
     dataset = CachedLatentDataset(config.data)  # fails early, before the model loads, on a bad cache
     sampler = BucketBatchSampler(
         dataset.shape_keys(), config.batch_size, seed=config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes
@@ -220,6 +229,7 @@ def train(config: TrainConfig) -> TrainResult:
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     transformer = load_transformer(config.model, weight_dtype)
     install_method(transformer, config.method, config.method_args, config.dense_layers)
+    torch.manual_seed(config.seed)  # LoRA A init (DDP then broadcasts rank 0's copy)
     add_lora(transformer, config)
     extra_names = mark_extra_params(transformer, config.train_extra_params)
     if config.gradient_checkpointing:
@@ -278,7 +288,8 @@ def train(config: TrainConfig) -> TrainResult:
         total=config.max_train_steps, initial=global_step, desc="train", disable=not (config.progress_bar and accelerator.is_main_process)
     )
     group_loss, start_time, start_step = 0.0, time.perf_counter(), global_step
-    while global_step < config.max_train_steps:
+    stop_at = config.max_train_steps if config.max_steps_per_run is None else min(config.max_train_steps, global_step + config.max_steps_per_run)
+    while global_step < stop_at:
         batch = dataset.batch(next(batches))
         latents = batch["latents"].to(accelerator.device, weight_dtype)
         text = batch["text_embeds"].to(accelerator.device, weight_dtype)
@@ -306,16 +317,18 @@ def train(config: TrainConfig) -> TrainResult:
         if global_step % config.log_every == 0:
             accelerator.log({"loss": group_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
         group_loss = 0.0
-        if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+        if global_step % config.checkpointing_steps == 0 or global_step == stop_at:
             save_checkpoint(accelerator, config, global_step)
     progress.close()
     elapsed = time.perf_counter() - start_time
     accelerator.wait_for_everyone()
     result = TrainResult(global_step=global_step, losses=losses, steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(trainable)
+    unwrapped = accelerator.unwrap_model(model)
+    result.transformer = unwrapped
+    finished = global_step == config.max_train_steps  # not when stopped early by max_steps_per_run
+    if finished and ema is not None:
+        ema.copy_to(trainable)  # the exported (and returned) weights are the averaged ones
+    if finished and accelerator.is_main_process:
         result.lora_path, result.extra_params_path = export_lora(unwrapped, output_dir, extra_names)
         (output_dir / "losses.json").write_text(json.dumps(losses))
     accelerator.wait_for_everyone()
