@@ -86,44 +86,46 @@ def _softmax(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _monarch_chunk(
     q: torch.Tensor,
     k_rows: torch.Tensor,
-    kv_rows: torch.Tensor,
+    k_tiles: torch.Tensor,
+    v_tiles: torch.Tensor,
     extra_key: torch.Tensor | None,
     extra_value: torch.Tensor | None,
     extra_bias: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    """Monarch output of query tiles ``q`` (B, H, A, b1, b2, D) against key tiles given row-major.
+    """Monarch output of query tiles ``q`` (B, H, A, b1, b2, D) against every key tile.
 
-    ``k_rows`` (B, H, b1, F*b2, D): keys of every key tile, grouped by tile row k; ``kv_rows``
-    (B, H, b1, F, b2, D + Dv): keys and values side by side. Extra keys (B, H, T, D) join the L step.
+    ``k_rows`` (B, H, b1, F*b2, D): keys grouped by tile row k; ``k_tiles``/``v_tiles`` (B, H, b1, F, b2, D|Dv):
+    keys and values of row k of tile f. Extra keys (B|1, H, T, D) with bias (B|1, T) join the L step.
     """
     b, h, a, b1, b2, d = q.shape
-    tiles = kv_rows.shape[3]
-    dv = kv_rows.shape[-1] - d
+    tiles, dv = k_tiles.shape[3], v_tiles.shape[-1]
     dtype = q.dtype
-    # R step: for each key row k, every query Q[a, k, j] against every key K[f, k, l]; softmax over l per f.
-    q_rows = q.permute(0, 1, 3, 2, 4, 5).reshape(b, h, b1, a * b2, d)
-    z = (q_rows @ k_rows.transpose(-1, -2)).view(b, h, b1, a * b2, tiles, b2)
-    z = (z if dtype in (torch.float32, torch.float64) else z.float()) * scale
-    lse = z.logsumexp(-1, keepdim=True)
-    r = (z - lse).exp()
-    c_l = (r * z).sum(-1) - lse.squeeze(-1)  # (B, H, b1, A*b2, F): -entropy of R
-    agg = r.to(dtype).transpose(3, 4) @ kv_rows  # (B, H, b1, F, A*b2, D + Dv): [aL | Y]
-    agg = agg.view(b, h, b1, tiles, a, b2, d + dv).permute(0, 1, 4, 5, 3, 2, 6).reshape(b, h, a, b2, tiles * b1, d + dv)
-    bias = c_l.view(b, h, b1, a, b2, tiles).permute(0, 1, 3, 4, 5, 2).reshape(b, h, a, b2, 1, tiles * b1)
-    # L step: query Q[a, i, j] over all (f, k) of its column j, with the -cL bias; text keys as exact singletons.
+    wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    q = q * scale  # scale once on the queries: R logits and L logits both take scale * q . k
+    # R step, laid out (B, H, k, f, l, (a j)): logits of every query Q[a, k, j] against every key K[f, k, l].
+    q_rows = q.transpose(2, 3).reshape(b, h, b1, a * b2, d)
+    z = (k_rows @ q_rows.transpose(-1, -2)).view(b, h, b1, tiles, b2, a * b2).to(wide)
+    z = z - z.amax(-2, keepdim=True).detach()  # softmax over l is shift-invariant, and so is cL below
+    e = z.exp()
+    total = e.sum(-2, keepdim=True)
+    r = e / total
+    c_l = (r * z).sum(-2) - total.squeeze(-2).log()  # (B, H, k, f, (a j)): sum_l R (z - lse) = -entropy(R)
+    r_t = r.to(dtype).transpose(-1, -2)  # (B, H, k, f, (a j), l)
+    a_l, y = r_t @ k_tiles, r_t @ v_tiles  # (B, H, k, f, (a j), D|Dv)
+    # L step: query Q[a, i, j] against every (f, k) of its column j, logit scale * q . aL - cL.
+    a_l = a_l.view(b, h, b1, tiles, a, b2, d).permute(0, 1, 4, 5, 3, 2, 6).reshape(b, h, a, b2, tiles * b1, d)
+    y = y.view(b, h, b1, tiles, a, b2, dv).permute(0, 1, 4, 5, 3, 2, 6).reshape(b, h, a, b2, tiles * b1, dv)
+    bias = c_l.view(b, h, b1, tiles, a, b2).permute(0, 1, 4, 5, 3, 2).reshape(b, h, a, b2, 1, tiles * b1)
     q_cols = q.transpose(3, 4)  # (B, H, A, b2, b1, D)
-    a_l, y = agg[..., :d], agg[..., d:]
-    logits = q_cols @ a_l.transpose(-1, -2)
-    logits = (logits if dtype in (torch.float32, torch.float64) else logits.float()) * scale - bias
+    logits = (q_cols @ a_l.transpose(-1, -2)).to(wide) - bias
     if extra_key is None:
         out = _softmax(logits, dtype) @ y
     else:
         text = extra_key.shape[-2]
-        t_logits = (q.reshape(b, h, -1, d) @ extra_key.transpose(-1, -2)).view(b, h, a, b1, b2, text).transpose(3, 4)
-        t_logits = t_logits.to(logits.dtype) * scale
+        t_logits = (q.reshape(b, h, -1, d) @ extra_key.transpose(-1, -2)).view(b, h, a, b1, b2, text).transpose(3, 4).to(wide)
         if extra_bias is not None:
-            t_logits = t_logits + extra_bias.to(logits.dtype).view(extra_bias.shape[0], 1, 1, 1, 1, text)
+            t_logits = t_logits + extra_bias.to(wide).view(extra_bias.shape[0], 1, 1, 1, 1, text)
         p = _softmax(torch.cat([logits, t_logits], -1), dtype)
         out = p[..., : tiles * b1] @ y
         p_text = p[..., tiles * b1 :].transpose(3, 4).reshape(b, h, -1, text)
@@ -193,9 +195,9 @@ def monarch_video_attention(
     b1, b2 = tile_shape(height, width, f_tied, h_reduce, w_reduce)
     q_tiles = to_tiles(query, *tiling)
     k_tiles, v_tiles = to_tiles(key, *tiling), to_tiles(value, *tiling)
-    k_rows = k_tiles.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # (B, H, b1, F*b2, D)
-    kv_rows = torch.cat([k_tiles, v_tiles], -1).transpose(2, 3)  # (B, H, b1, F, b2, D + Dv)
-    n_q, n_k = q_tiles.shape[2], k_tiles.shape[2]
+    k_tiles, v_tiles = k_tiles.transpose(2, 3).contiguous(), v_tiles.transpose(2, 3).contiguous()  # (B, H, b1, F, b2, D)
+    k_rows = k_tiles.flatten(3, 4)  # (B, H, b1, F*b2, D)
+    n_q, n_k = q_tiles.shape[2], k_tiles.shape[3]
     per_group = h_reduce * w_reduce  # tiles per frame group
 
     # Query-tile ranges [start, stop) with the number of key tiles each may see.
@@ -209,20 +211,20 @@ def monarch_video_attention(
     per_tile = batch * heads * b1 * b2 * n_k * (3 * b2 + 2 * (d + dv) + b1 + (extra_key.shape[-2] if extra_key is not None else 0)) * elem
     chunk = _chunk_tiles(per_tile, query_chunk)
 
-    def run(q, k_r, kv_r, ek, ev, eb):
-        return _monarch_chunk(q, k_r, kv_r, ek, ev, eb, scale)
+    def run(q, k_r, k_t, v_t, ek, ev, eb):
+        return _monarch_chunk(q, k_r, k_t, v_t, ek, ev, eb, scale)
 
     outs = []
     for start, stop, visible in spans:
-        k_r, kv_r = k_rows[..., : visible * b2, :], kv_rows[:, :, :, :visible]
+        k_r, k_t, v_t = k_rows[..., : visible * b2, :], k_tiles[:, :, :, :visible], v_tiles[:, :, :, :visible]
         for s in range(start, stop, chunk):
             q = q_tiles[:, :, s : min(s + chunk, stop)]
-            args = (q, k_r, kv_r, extra_key, extra_value, extra_bias)
+            args = (q, k_r, k_t, v_t, extra_key, extra_value, extra_bias)
             if checkpoint and torch.is_grad_enabled():
                 outs.append(_checkpoint(run, *args, use_reentrant=False))
             else:
                 outs.append(run(*args))
-    return from_tiles(torch.cat(outs, 2), *tiling)
+    return from_tiles(outs[0] if len(outs) == 1 else torch.cat(outs, 2), *tiling)
 
 
 def monarch_attention(
