@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, UNetMotionModel
+from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel, UNetMotionModel
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -126,4 +126,17 @@ def build_tiny_animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=None, scheduler=scheduler
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_broadway_pipeline(model: str | None = None):
+    """A UNet video pipeline from a diffusers folder (AnimateDiff / TextToVideoSD), or the tiny offline AnimateDiff."""
+    if not model:
+        return build_tiny_animatediff_pipeline()
+    pipe = DiffusionPipeline.from_pretrained(model)
+    if not isinstance(getattr(pipe, "unet", None), (UNetMotionModel, UNet3DConditionModel)):
+        raise ValueError(
+            f"model must hold a UNetMotionModel (AnimateDiff) or UNet3DConditionModel (TextToVideoSD) unet; "
+            f"{model!r} loaded {type(pipe).__name__}"
+        )
     return pipe

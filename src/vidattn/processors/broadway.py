@@ -174,12 +174,12 @@ class BroadWayController:
     """
 
     config: BroadWayConfig
-    scheduler: object | None = None
+    scheduler: object | None = field(default=None, repr=False)
     num_steps: int | None = None
     num_train_timesteps: int = 1000
-    context: AttentionContext = field(default_factory=AttentionContext)
-    history: list = field(default_factory=list)
-    anchors: dict = field(default_factory=dict)
+    context: AttentionContext = field(default_factory=AttentionContext, repr=False)
+    history: list = field(default_factory=list, repr=False)
+    anchors: dict = field(default_factory=dict, repr=False)
     batch: int = 0
     latent_hw: tuple[int, int] = (0, 0)
     cond_half: bool = False
