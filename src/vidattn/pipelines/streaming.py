@@ -1,0 +1,174 @@
+"""Streaming (autoregressive, chunk-by-chunk) text-to-video with a block-causal Wan student.
+
+``StreamingWanPipeline.stream`` denoises ``frames_per_chunk`` latent frames at a time with the few-step
+schedule, writes each finished chunk into the per-layer KV cache with a clean refresh pass, and yields decoded
+frames as soon as a chunk is done. Attention is the rolling sink + window cache (``"window"``, Self-Forcing),
+Hybrid Forcing's sparse window + linear state (``HybridConfig``) or the full causal cache (``"dense"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from diffusers import WanPipeline
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+
+from ..processors.hybrid import HybridConfig, StreamState, apply_hybrid_attention, remove_hybrid_attention
+from ..schedulers.few_step import FewStepSchedule
+
+
+class CausalStreamDecoder:
+    """Decodes latent chunks in order through Wan's causal VAE, carrying its temporal conv cache across chunks.
+
+    Chunk-by-chunk decoding equals decoding all latents at once (the VAE decodes frame by frame with the same
+    cache), and memory stays bounded: the cache holds the last two frames of each causal conv.
+    """
+
+    def __init__(self, vae) -> None:
+        self.vae = vae
+        convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+        self.feat_cache: list = [None] * convs
+        self.first = True
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, z, f, h, w) normalised latents -> (B, 3, T, H, W) video in [-1, 1] (T = 1 + 4(f-1) for the first chunk, else 4f)."""
+        vae = self.vae
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+        x = vae.post_quant_conv((latents * std + mean).to(vae.dtype))  # kernel 1: no temporal context
+        outs = []
+        for i in range(x.shape[2]):
+            outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=self.feat_cache, feat_idx=[0], first_chunk=self.first))
+            self.first = False
+        out = torch.cat(outs, dim=2)
+        if vae.config.patch_size is not None:
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return out.clamp(-1.0, 1.0)
+
+
+class StreamingWanPipeline(WanPipeline):
+    """A WanPipeline that streams: build it with ``from_pretrained`` (a block-causal Wan student) or ``from_pipe``."""
+
+    @torch.no_grad()
+    def stream_latents(
+        self,
+        prompt: str | list[str] | None,
+        num_chunks: int,
+        attention: HybridConfig | str = "hybrid",
+        frames_per_chunk: int = 3,
+        height: int = 480,
+        width: int = 832,
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
+        schedule: FewStepSchedule | None = None,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        state_out: list | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each chunk's clean latents (B, z, frames_per_chunk, h, w); the cache is dropped at the end.
+
+        ``state_out``, if given, receives the :class:`StreamState` (to inspect cache sizes while streaming).
+        """
+        config = HybridConfig.from_attention(attention)
+        config.check_chunk(frames_per_chunk)
+        if not isinstance(num_chunks, int) or isinstance(num_chunks, bool) or num_chunks < 1:
+            raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be a number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
+        schedule = schedule or FewStepSchedule()
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        multiple = self.vae_scale_factor_spatial * max(p_h, p_w)
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, got {height}x{width}")
+        if frames_per_chunk % p_t:
+            raise ValueError(f"frames_per_chunk must be a multiple of the temporal patch size {p_t}, got {frames_per_chunk}")
+
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        cfg = guidance_scale > 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, negative_prompt, cfg, 1, prompt_embeds, negative_prompt_embeds, max_sequence_length, device
+        )
+        embeds = torch.cat([prompt_embeds, negative_prompt_embeds]) if cfg else prompt_embeds
+        embeds = embeds.to(dtype)
+        batch = prompt_embeds.shape[0]
+        shape = (batch, self.transformer.config.in_channels, frames_per_chunk, height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+
+        had_proj = any(hasattr(m, "linear_proj") for m in self.transformer.modules())
+        state = apply_hybrid_attention(self.transformer, config)
+        state.new_prompt()
+        if state_out is not None:
+            state_out.append(state)
+
+        def noise() -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=generator.device if generator else "cpu", dtype=torch.float32).to(device, dtype)
+
+        def model(sample: torch.Tensor, timestep: float) -> torch.Tensor:
+            x = torch.cat([sample, sample]) if cfg else sample
+            t = torch.full((x.shape[0],), float(timestep), device=device, dtype=torch.float32)
+            flow = self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if cfg:
+                cond, uncond = flow.chunk(2)
+                flow = uncond + guidance_scale * (cond - uncond)
+            return flow
+
+        try:
+            for chunk in range(num_chunks):
+                first = chunk * (frames_per_chunk // p_t)
+                state.begin(first, commit=False)
+                x0 = schedule.denoise(model, noise)
+                state.begin(first, commit=True)
+                context, timestep = schedule.context_input(x0, noise)
+                model(context, timestep)
+                yield x0
+        finally:
+            remove_hybrid_attention(self.transformer, keep_linear_proj=had_proj)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: str | list[str] | None,
+        num_chunks: int,
+        attention: HybridConfig | str = "hybrid",
+        frames_per_chunk: int = 3,
+        output_type: str = "np",
+        **kwargs,
+    ) -> Iterator[np.ndarray | torch.Tensor]:
+        """Yield decoded frames chunk by chunk: (B, T, H, W, 3) in [0, 1] for ``"np"``, (B, 3, T, H, W) in [-1, 1]
+        for ``"pt"``, clean latents for ``"latent"``. Other keyword arguments go to :meth:`stream_latents`."""
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        decoder = CausalStreamDecoder(self.vae)
+        for latents in self.stream_latents(prompt, num_chunks, attention, frames_per_chunk, **kwargs):
+            if output_type == "latent":
+                yield latents
+                continue
+            video = decoder.decode(latents)
+            yield video if output_type == "pt" else self.video_processor.postprocess_video(video, output_type="np")
+
+
+def stream_to_mp4(pipe: StreamingWanPipeline, prompt: str, path: str | Path, num_chunks: int, fps: int = 16, **kwargs) -> int:
+    """Stream ``num_chunks`` chunks into an mp4, appending frames as each chunk arrives; returns frames written.
+
+    With several prompts only the first video is written. Keyword arguments go to :meth:`StreamingWanPipeline.stream`.
+    """
+    import imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with imageio.get_writer(path, fps=fps, macro_block_size=1) as writer:
+        for frames in pipe.stream(prompt, num_chunks, output_type="np", **kwargs):
+            for frame in frames[0]:
+                writer.append_data((np.clip(frame, 0, 1) * 255).round().astype(np.uint8))
+                written += 1
+    return written
+
+
+__all__ = ["CausalStreamDecoder", "StreamState", "StreamingWanPipeline", "stream_to_mp4"]
