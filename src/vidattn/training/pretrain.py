@@ -1,0 +1,345 @@
+"""From-scratch CPU training of the embedded default model on the shapes dataset: VAE, then transformer.
+
+Stages (each resumes from its checkpoint in ``--work``): ``vae`` (reconstruction), ``latents`` (encode the
+dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), ``assemble`` (diffusers folder).
+Reproduce the committed weights with
+``python -m vidattn.training.pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..data.shapes import COLORS, ShapesDataset
+from .objectives import flow_matching_loss
+
+STAGES = ("vae", "latents", "transformer", "assemble")
+
+
+@dataclass
+class VAESettings:
+    base_dim: int = 8
+    z_dim: int = 8
+    dim_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 1
+    steps: int = 1200
+    batch_size: int = 4
+    clip_frames: int = 5
+    crop: int = 32
+    learning_rate: float = 3e-3
+    kl_weight: float = 1e-6
+    foreground_weight: float = 8.0
+
+
+@dataclass
+class TransformerSettings:
+    num_layers: int = 4
+    num_attention_heads: int = 2
+    attention_head_dim: int = 32
+    ffn_dim: int = 256
+    freq_dim: int = 32
+    rope_max_seq_len: int = 256
+    num_videos: int = 800
+    steps: int = 3000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    shift: float = 3.0
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.995
+
+
+@dataclass
+class TextEncoderSettings:
+    d_model: int = 32
+    d_kv: int = 8
+    d_ff: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+
+
+@dataclass
+class PretrainConfig:
+    """Everything the default model's training needs; read from YAML with unknown keys rejected."""
+
+    seed: int = 0
+    threads: int = 1
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    colors: list = field(default_factory=lambda: ["red", "green", "blue", "yellow", "white"])
+    backgrounds: list = field(default_factory=lambda: ["black"])
+    vae: VAESettings = field(default_factory=VAESettings)
+    transformer: TransformerSettings = field(default_factory=TransformerSettings)
+    text_encoder: TextEncoderSettings = field(default_factory=TextEncoderSettings)
+    scheduler_shift: float = 3.0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if (self.frames - 1) % 4:
+            raise ValueError(f"frames must be 4k + 1 (the Wan VAE's 4x temporal compression), got {self.frames}")
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+
+
+def _build(cls, data: dict, where: str):
+    allowed = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; allowed: {sorted(allowed)}")
+    nested = {"vae": VAESettings, "transformer": TransformerSettings, "text_encoder": TextEncoderSettings}
+    kwargs = {k: _build(nested[k], v, f"{where}.{k}") if k in nested and cls is PretrainConfig else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> PretrainConfig:
+    """The training config from a YAML file (None: the defaults, equal to configs/default_model.yaml)."""
+    if path is None:
+        return PretrainConfig()
+    return _build(PretrainConfig, yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+
+# -- the models ------------------------------------------------------------------------------------------
+def build_vae(cfg: PretrainConfig, latents_mean=None, latents_std=None):
+    from diffusers import AutoencoderKLWan
+
+    z = cfg.vae.z_dim
+    return AutoencoderKLWan(
+        base_dim=cfg.vae.base_dim, z_dim=z, dim_mult=list(cfg.vae.dim_mult), num_res_blocks=cfg.vae.num_res_blocks,
+        latents_mean=list(latents_mean or [0.0] * z), latents_std=list(latents_std or [1.0] * z),
+    )
+
+
+def build_text_encoder(cfg: PretrainConfig, tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    t = cfg.text_encoder
+    torch.manual_seed(cfg.seed)
+    return UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
+        num_heads=t.num_heads, relative_attention_num_buckets=8,
+    )).eval()
+
+
+def build_transformer(cfg: PretrainConfig):
+    from diffusers import WanTransformer3DModel
+
+    t = cfg.transformer
+    torch.manual_seed(cfg.seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 1, 1), num_attention_heads=t.num_attention_heads, attention_head_dim=t.attention_head_dim,
+        in_channels=cfg.vae.z_dim, out_channels=cfg.vae.z_dim, text_dim=cfg.text_encoder.d_model, freq_dim=t.freq_dim,
+        ffn_dim=t.ffn_dim, num_layers=t.num_layers, rope_max_seq_len=t.rope_max_seq_len,
+    )
+
+
+def to_pixels(videos: np.ndarray) -> torch.Tensor:
+    """(B, F, H, W, 3) in [0, 1] -> (B, 3, F, H, W) in [-1, 1], the VAE's input."""
+    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() * 2 - 1
+
+
+def _dataset(cfg: PretrainConfig, num: int, seed: int, frames: int | None = None) -> ShapesDataset:
+    return ShapesDataset(num, frames=frames or cfg.frames, height=cfg.height, width=cfg.width, seed=seed,
+                         colors=tuple(cfg.colors), backgrounds=tuple(cfg.backgrounds))
+
+
+def _log(work: Path, message: str) -> None:
+    line = f"{time.strftime('%H:%M:%S')} {message}"
+    print(line, flush=True)
+    with open(work / "log.txt", "a") as f:
+        f.write(line + "\n")
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+# -- stage 1: VAE ----------------------------------------------------------------------------------------
+def train_vae(cfg: PretrainConfig, work: Path) -> None:
+    """Reconstruction (foreground-weighted MSE + tiny KL) of the posterior mean on random crops of short clips."""
+    v = cfg.vae
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=v.learning_rate, weight_decay=0.0)
+    state_path, step = work / "vae_state.pt", 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    data = _dataset(cfg, 10**6, cfg.seed + 1)
+    rng = np.random.default_rng([cfg.seed, 1, step])
+    vae.train()
+    while step < v.steps:
+        lr = v.learning_rate * 0.5 * (1 + np.cos(np.pi * step / v.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        clips, backgrounds = [], []
+        for _ in range(v.batch_size):
+            sample = data[int(rng.integers(len(data)))]
+            video = sample.video
+            backgrounds.append(COLORS[sample.background])
+            f0 = int(rng.integers(cfg.frames - v.clip_frames + 1))
+            y0, x0 = (int(rng.integers(s - v.crop + 1)) for s in (cfg.height, cfg.width))
+            clips.append(video[f0 : f0 + v.clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
+        x = to_pixels(np.stack(clips))
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.mode()).sample  # a deterministic autoencoder: the mean is the latent
+        background = torch.tensor(backgrounds).view(-1, 3, 1, 1, 1) * 2 - 1
+        foreground = (x - background).abs().amax(1, keepdim=True) > 0.1
+        weight = 1 + v.foreground_weight * foreground.float()
+        rec = (weight * (recon - x) ** 2).mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec + v.kl_weight * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            _log(work, f"vae step {step} rec {rec.item():.4f} kl {kl.item():.2f} lr {lr:.2e}")
+        if step % cfg.checkpoint_every == 0 or step == v.steps:
+            _save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+
+
+# -- stage 2: latents --------------------------------------------------------------------------------------
+def encode_latents(cfg: PretrainConfig, work: Path) -> None:
+    """Encode ``num_videos`` dataset videos (posterior mode), store per-channel stats and normalised latents."""
+    vae = build_vae(cfg)
+    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    vae.eval()
+    data = _dataset(cfg, cfg.transformer.num_videos, cfg.seed + 2)
+    latents, captions = [], []
+    with torch.no_grad():
+        for start in range(0, len(data), 16):
+            samples = [data[i] for i in range(start, min(start + 16, len(data)))]
+            latents.append(vae.encode(to_pixels(np.stack([s.video for s in samples]))).latent_dist.mode())
+            captions += [s.caption for s in samples]
+            _log(work, f"encoded {len(captions)}/{len(data)}")
+    z = torch.cat(latents)
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = z.std(dim=(0, 2, 3, 4))
+    z = (z - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    save_file({"latents": z.contiguous()}, str(work / "latents.safetensors"))
+    (work / "latents.json").write_text(json.dumps({"captions": captions, "latents_mean": mean.tolist(), "latents_std": std.tolist()}))
+
+
+# -- stage 3: transformer ----------------------------------------------------------------------------------
+def _text_pipeline(cfg: PretrainConfig):
+    from diffusers import WanPipeline
+
+    from ..pipelines.default_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    return WanPipeline(tokenizer=tokenizer, text_encoder=build_text_encoder(cfg, tokenizer), vae=None, transformer=None, scheduler=None)
+
+
+def train_transformer(cfg: PretrainConfig, work: Path) -> None:
+    """Flow matching (the LoRA trainer's objective) on the cached latents with an EMA copy; resumable."""
+    t = cfg.transformer
+    z = load_file(str(work / "latents.safetensors"))["latents"]
+    meta = json.loads((work / "latents.json").read_text())
+    pipe = _text_pipeline(cfg)
+    unique = sorted(set(meta["captions"])) + [""]
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(unique, do_classifier_free_guidance=False, device="cpu")
+    caption_index = torch.tensor([unique.index(c) for c in meta["captions"]])
+    transformer = build_transformer(cfg)
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=t.learning_rate, weight_decay=0.01)
+    state_path, step = work / "transformer_state.pt", 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        transformer.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    transformer.train()
+    warmup = 100
+    while step < t.steps:
+        lr = t.learning_rate * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / t.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(z), (t.batch_size,), generator=generator)
+        text = caption_index[idx].clone()
+        text[torch.rand(t.batch_size, generator=generator) < t.caption_dropout] = len(unique) - 1
+        loss = flow_matching_loss(transformer, z[idx], embeds[text], shift=t.shift, generator=generator)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(t.ema_decay, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), transformer.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        if step % 10 == 0:
+            _log(work, f"transformer step {step} loss {loss.item():.4f} lr {lr:.2e}")
+        if step % (cfg.checkpoint_every * 4) == 0 or step == t.steps:
+            _save_state(state_path, {"model": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step})
+
+
+# -- stage 4: the diffusers folder --------------------------------------------------------------------------
+def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -> None:
+    """Write the WanPipeline folder (safetensors weights) from the VAE and transformer checkpoints."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    meta = json.loads((work / "latents.json").read_text())
+    vae = build_vae(cfg, meta["latents_mean"], meta["latents_std"])
+    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    transformer = build_transformer(cfg)
+    state = torch.load(work / "transformer_state.pt", weights_only=False)
+    transformer.load_state_dict(state["ema" if use_ema else "model"])
+    text = _text_pipeline(cfg)
+    pipe = WanPipeline(tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=vae.eval(), transformer=transformer.eval(),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.scheduler_shift))
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    _log(work, f"wrote {out} (transformer step {state['step']}, ema={use_ema})")
+
+
+def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
+    """Run the named stages in order (each resumes from ``work``)."""
+    for stage in stages:
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    cfg = load_config(config)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        _log(work, f"stage {stage}")
+        if stage == "vae":
+            train_vae(cfg, work)
+        elif stage == "latents":
+            encode_latents(cfg, work)
+        elif stage == "transformer":
+            train_transformer(cfg, work)
+        else:
+            assemble(cfg, work, Path(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vidattn.training.pretrain", description=__doc__)
+    p.add_argument("--config", default="configs/default_model.yaml")
+    p.add_argument("--work", default="outputs/pretrain", help="checkpoints and log (resumable)")
+    p.add_argument("--out", default="src/vidattn/assets/default_model")
+    p.add_argument("--stages", default=",".join(STAGES))
+    args = p.parse_args(argv)
+    run(args.config, args.work, args.out, tuple(args.stages.split(",")))
+
+
+if __name__ == "__main__":
+    main()
