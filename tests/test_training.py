@@ -360,3 +360,11 @@ def test_two_process_gloo_ranks_agree(workspace, tmp_path):
         torch.testing.assert_close(ranks[0][k], ranks[1][k], atol=0, rtol=0)
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in ranks[0].items())  # a step was taken
     assert (tmp_path / "ddp" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_shipped_training_configs_parse(tmp_path):
+    root = Path(__file__).resolve().parent.parent / "configs"
+    radial = TrainConfig.from_yaml(root / "radial_length_x2.yaml")
+    assert (radial.method, radial.lora_rank, radial.dense_layers, radial.target_modules) == ("radial", 128, 2, ["to_q", "to_k", "to_v", "to_out.0"])
+    tiny = TrainConfig.from_yaml(root / "tiny_cpu_lora.yaml", [f"output_dir={tmp_path}", "max_train_steps=3"])
+    assert tiny.model == "default" and tiny.mixed_precision == "no" and tiny.max_train_steps == 3

@@ -29,14 +29,25 @@ class PrepareReport:
     skipped: list = field(default_factory=list)
 
 
+def default_model_folder() -> str | None:
+    """The trained default model shipped in the package, or None where it is absent (then a seeded random one)."""
+    from ..pipelines import default_model
+
+    locate = getattr(default_model, "default_model_path", None)
+    if locate is not None and (Path(locate()) / "model_index.json").is_file():
+        return locate()
+    return None
+
+
 def load_pipeline(model_path_or_pipe, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A Wan pipeline without its transformer: a folder, ``"default"`` (the embedded tiny model) or a pipeline."""
+    """A Wan pipeline without its transformer: a folder, ``"default"`` (the embedded tiny model) or a pipeline object."""
     if isinstance(model_path_or_pipe, (str, Path)):
-        if str(model_path_or_pipe) == "default":
+        if str(model_path_or_pipe) == "default" and default_model_folder() is None:
             from ..pipelines.default_model import build_default_pipeline
 
             pipe = build_default_pipeline()
         else:
+            model_path_or_pipe = default_model_folder() if str(model_path_or_pipe) == "default" else model_path_or_pipe
             from diffusers import WanPipeline
 
             if not Path(model_path_or_pipe).is_dir():

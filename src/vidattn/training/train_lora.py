@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..processors.install import install_processors
 from ..processors.registry import make_processor
-from .cache import CachedLatentDataset
+from .cache import CachedLatentDataset, default_model_folder
 from .config import TrainConfig
 from .dataset import BucketBatchSampler
 from .objectives import flow_matching_loss
@@ -51,14 +51,14 @@ class TrainResult:
 
 def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The transformer of a diffusers pipeline folder (or a transformer folder), or of the embedded ``"default"``."""
-    if model == "default":
+    if model == "default" and default_model_folder() is None:
         from ..pipelines.default_model import build_default_pipeline
 
         transformer = build_default_pipeline().transformer
         return transformer if dtype == torch.float32 else transformer.to(dtype)
     from diffusers import AutoModel
 
-    path = Path(model)
+    path = Path(default_model_folder() if model == "default" else model)
     if not path.is_dir():
         raise ValueError(f"model must be a diffusers pipeline folder, a transformer folder or 'default', got {model!r}")
     if (path / "transformer").is_dir():
