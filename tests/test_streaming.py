@@ -191,12 +191,12 @@ def test_cache_covering_history_equals_block_causal_attention(mode):
 
 
 def test_zero_linear_proj_equals_sliding_window_and_nonzero_differs():
-    samples, cleans, e = chunks(6, 1), chunks(6, 1, seed=1), embeds()
+    samples, cleans, e = chunks(5, 1), chunks(5, 1, seed=1), embeds()
     small = dict(sink_frames=1, window_frames=3, max_frames=4, block_size=4, backend="gather")
     window, _ = drive_stream(tiny_wan(), HybridConfig(mode="window", **small), samples, cleans, e)
     model = tiny_wan()
     hybrid, state = drive_stream(model, HybridConfig(mode="hybrid", sparse_keep=1.0, **small), samples, cleans, e)
-    assert state.layers[0].linear.count == 4 * 6  # frames 1-4 evicted (6 tokens each), the last at the final commit
+    assert state.layers[0].linear.count == 3 * 6  # frames 1-3 evicted (6 tokens each), the last at the final commit
     for a, b in zip(window, hybrid):
         assert (a - b).abs().max() < 1e-5
     remove_hybrid_attention(model, keep_linear_proj=True)
@@ -241,7 +241,7 @@ def pipe():
 
 
 def test_streamed_generation_equals_block_causal_generation_batch_and_cfg(pipe):
-    prompts, negative, g_scale, n, fpc = ["a red circle", "a blue square"], "black", 3.0, 3, 1
+    prompts, negative, g_scale, n, fpc = ["a red circle", "a blue square"], "black", 3.0, 2, 1
     streamed = list(pipe.stream_latents(prompts, n, "dense", fpc, height=32, width=32, negative_prompt=negative,
                                         guidance_scale=g_scale, generator=torch.Generator().manual_seed(0)))
     ref = block_causal_model(pipe.transformer, fpc)
