@@ -174,3 +174,39 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         """Stacked latents and text embeddings of ``indices``."""
         items = [self[i] for i in indices]
         return {key: torch.stack([item[key] for item in items]) for key in ("latents", "text_embeds")}
+
+
+def add_prepare_data_arguments(parser) -> None:
+    """The ``vidattn prepare-data`` options on an ``argparse`` (sub)parser; run them with :func:`run_prepare_data`."""
+    parser.add_argument("--videos", required=True, help="folder of videos (mp4, webm, mov, avi, mkv, gif; searched recursively)")
+    parser.add_argument("--captions", default=None, help="jsonl with {video, caption} per line (default: side-car .txt per video)")
+    parser.add_argument("--model", required=True, help="diffusers Wan pipeline folder, or 'default' (the embedded model)")
+    parser.add_argument("--out", required=True, help="cache folder to write (index.json + one safetensors per clip)")
+    parser.add_argument("--num-frames", type=int, default=81, help="frames per clip, 4k+1 for Wan (default 81)")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--bucket", action="append", default=None, metavar="HxW", help="aspect bucket, repeatable (default: HEIGHTxWIDTH)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame")
+    parser.add_argument("--max-sequence-length", type=int, default=512, help="text tokens (WanPipeline's default 512)")
+    parser.add_argument("--sample-posterior", action="store_true", help="sample z from the VAE posterior instead of its mean")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+
+
+def run_prepare_data(args) -> int:
+    """Run :func:`prepare_data` from parsed :func:`add_prepare_data_arguments` options; prints a summary."""
+    buckets = None
+    if args.bucket:
+        try:
+            buckets = [tuple(int(v) for v in b.lower().split("x")) for b in args.bucket]
+        except ValueError:
+            raise ValueError(f"--bucket must look like 480x832, got {args.bucket}") from None
+    report = prepare_data(
+        args.videos, args.captions, args.model, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
+        buckets=buckets, frame_stride=args.frame_stride, max_sequence_length=args.max_sequence_length,
+        sample_posterior=args.sample_posterior, device=args.device, dtype=getattr(torch, args.dtype),
+    )
+    print(f"wrote {report.clips} clip(s) to {report.out}; skipped {len(report.skipped)}")
+    for path, reason in report.skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
