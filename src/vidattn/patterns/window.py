@@ -110,21 +110,31 @@ class WindowPattern:
                 )
 
 
-def axis_table(length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor:
-    """(length, length) bool: may a query at position q see a key at position k along one axis."""
-    q = torch.arange(length).view(-1, 1)
-    k = torch.arange(length).view(1, -1)
+def axis_allows(q: torch.Tensor, k: torch.Tensor, length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor | None:
+    """May a query at position q see a key at position k along one axis (None: always). Arithmetic only, so it
+    runs inside FlexAttention's mask_mod as well as on broadcast index tensors."""
     if extent is None:
-        return torch.ones(length, length, dtype=torch.bool)
+        return None
     lo, hi = extent
-    r = dilation
-    same_class = (k - q) % r == 0
-    m, mk = q // r, k // r  # index inside the residue class
+    span, r = lo + hi, dilation
+    if r == 1:
+        start = q - lo
+        if inward:
+            start = start.clamp(0, length - 1 - span)
+        return (k >= start) & (k <= start + span)
+    m, mk = q // r, k // r  # index inside the residue class q % r
     start = m - lo
     if inward:
         class_len = (length - q % r + r - 1) // r
-        start = torch.minimum(start.clamp(min=0), class_len - 1 - lo - hi)
-    return same_class & (mk >= start) & (mk <= start + lo + hi)
+        start = torch.minimum(start.clamp(min=0), class_len - 1 - span)
+    return ((k - q) % r == 0) & (mk >= start) & (mk <= start + span)
+
+
+def axis_table(length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor:
+    """(length, length) bool: may a query at position q see a key at position k along one axis."""
+    pos = torch.arange(length)
+    allowed = axis_allows(pos.view(-1, 1), pos.view(1, -1), length, extent, dilation, inward)
+    return torch.ones(length, length, dtype=torch.bool) if allowed is None else allowed
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,17 +189,32 @@ def _kernel_order(layout: VideoLayout, tile: tuple[int, int, int] | None, block_
     return torch.cat([index, text]), span
 
 
-def _coords(layout: VideoLayout, order: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, ...]:
-    """Per kernel position: kind (0 video, 1 text, 2 pad) and (t, h, w) (0 for text and pads)."""
-    src = torch.arange(n, device=device) if order is None else order
-    v = src - layout.video_start
-    is_video = (v >= 0) & (v < layout.video_tokens) & (src < layout.total_tokens)
-    kind = torch.where(is_video, 0, torch.where(src < layout.total_tokens, 1, 2))
-    v = torch.where(is_video, v, 0)
-    w = v % layout.width
-    hh = (v // layout.width) % layout.height
-    t = v // layout.tokens_per_frame
-    return kind, t, hh, w
+def _coordinate_fn(layout: VideoLayout, tile: tuple[int, int, int] | None, span: int):
+    """``coords(p) -> (video, text, t, h, w)`` of kernel positions p, by arithmetic (no lookups): the natural
+    frame-major order, or 3D tiles (raster over tiles, raster inside a tile) for ``span`` positions, then text."""
+    f, h, w = layout.grid
+    n, start, video_tokens = layout.total_tokens, layout.video_start, layout.video_tokens
+    if tile is None:
+
+        def coords(p):
+            v = p - start
+            video = (v >= 0) & (v < video_tokens)
+            return video, ~video & (p < n), v // (h * w), (v // w) % h, v % w
+
+        return coords
+    tf, th, tw = (min(t, size) for t, size in zip(tile, layout.grid))
+    nth, ntw = -(-h // th), -(-w // tw)
+    volume = tf * th * tw
+
+    def coords(p):
+        tid, inner = p // volume, p % volume
+        t = (tid // (nth * ntw)) * tf + inner // (th * tw)
+        r = ((tid // ntw) % nth) * th + (inner // tw) % th
+        c = (tid % ntw) * tw + inner % tw
+        in_span = p < span
+        return in_span & (t < f) & (r < h) & (c < w), ~in_span & (p < span + layout.text), t, r, c
+
+    return coords
 
 
 def _runs(keys: list[torch.Tensor], step: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
@@ -276,31 +301,30 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
     order, span = _kernel_order(layout, pattern.tile, bs, device)
     n = layout.total_tokens if order is None else order.numel()
     blocks = -(-n // bs)
-    kind, t, h, w = _coords(layout, order, n, device)
+    coords = _coordinate_fn(layout, pattern.tile, span)
+    pos = torch.arange(n, device=device)
+    video, text, t, h, w = coords(pos)
     tables = [axis_table(length, ext, r, pattern.inward) for length, ext, r in zip(layout.grid, pattern.extents, pattern.dilation)]
     dense_axis = [ext is None or r == 1 for ext, r in zip(pattern.extents, pattern.dilation)]
-    pos = torch.arange(n, device=device)
-    video = kind == 0
     boxes = _boxes(pos[video] // bs, t[video], h[video], w[video])
     touched, contained = _tiles_from_boxes(boxes, boxes, tables, dense_axis, blocks)
     # Blocks with text: text queries see everything, every query sees text keys.
-    text_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[kind == 1] // bs, True)
+    text_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[text] // bs, True)
     tiles = touched | text_block.view(-1, 1) | text_block.view(1, -1)
-    # A block with video queries is full only if those are contained; blocks with pad keys are never full.
-    pad_key_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[kind == 2] // bs, True)
-    # Text queries and text keys are always allowed, so only video-video pairs can break a full tile.
+    # Blocks holding padding keys are never full; text queries and keys are always allowed, so only
+    # video-video pairs can break a full tile.
+    pad_key_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[~video & ~text] // bs, True)
     full = tiles & ~pad_key_block.view(1, -1) & contained
-
-    tabs = [tab.to(device) for tab in tables]
-    # Kernels evaluate the mask on indices up to blocks * bs: the tail positions are padding.
-    tail = blocks * bs - n
-    kind_d = torch.nn.functional.pad(kind, (0, tail), value=2)
-    t_d, h_d, w_d = (torch.nn.functional.pad(x, (0, tail)) for x in (t, h, w))
+    grid, extents, dilation, inward = layout.grid, pattern.extents, pattern.dilation, pattern.inward
 
     def token_mask(b, hh, q_idx, kv_idx):
-        kq, kk = kind_d[q_idx], kind_d[kv_idx]
-        inside = tabs[0][t_d[q_idx], t_d[kv_idx]] & tabs[1][h_d[q_idx], h_d[kv_idx]] & tabs[2][w_d[q_idx], w_d[kv_idx]]
-        return (kk != 2) & ((kq == 1) | (kk == 1) | inside)
+        q_video, q_text, *q_pos = coords(q_idx)
+        k_video, k_text, *k_pos = coords(kv_idx)
+        inside = k_video
+        for qa, ka, length, ext, r in zip(q_pos, k_pos, grid, extents, dilation):
+            allowed = axis_allows(qa, ka, length, ext, r, inward)
+            inside = inside if allowed is None else inside & allowed
+        return inside | k_text | (q_text & k_video)
 
     plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), token_mask=token_mask)
     inverse = None
