@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..processors.install import install_processors
-from ..processors.registry import make_processor
+from ..processors.registry import METHODS, make_processor
 from .cache import CachedLatentDataset, default_model_folder
 from .config import TrainConfig
 from .dataset import BucketBatchSampler
@@ -29,8 +29,6 @@ from .objectives import flow_matching_loss
 
 logger = logging.getLogger("vidattn.training")
 
-# The config field through which a method takes "the first n layers stay dense" (default: dense_layers).
-DENSE_LAYER_ARGUMENT = {"vmoba": "first_sparse_layer"}
 TRAINABLE_FILE = "trainable.safetensors"
 EXTRA_PARAMS_FILE = "extra_params.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -66,11 +64,18 @@ def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn
     return AutoModel.from_pretrained(str(path), torch_dtype=dtype)
 
 
+def dense_layer_argument(method: str) -> str:
+    """The config field through which ``method`` keeps its first n layers dense (VMoBA: ``first_sparse_layer``)."""
+    entry = METHODS[method]
+    fields = set(getattr(entry.config, "__dataclass_fields__", ()))
+    return "first_sparse_layer" if "dense_layers" not in fields and "first_sparse_layer" in fields else "dense_layers"
+
+
 def install_method(transformer: torch.nn.Module, method: str, method_args: dict, dense_layers: int):
     """Put ``method``'s processor on every video self-attention layer (the first ``dense_layers`` stay dense)."""
     if method == "none":
         return None
-    argument = DENSE_LAYER_ARGUMENT.get(method, "dense_layers")
+    argument = dense_layer_argument(method)
     if argument in method_args:
         raise ValueError(f"set dense_layers at the top level of the training config, not method_args.{argument}")
     plan_cache: dict = {}
