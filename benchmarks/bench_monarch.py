@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--query-chunk", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 avoids barrier stalls on a busy machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     layout = VideoLayout.parse(args.grid)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)

@@ -110,7 +110,7 @@ def _monarch_chunk(
     e = z.exp()
     total = e.sum(-2, keepdim=True)
     r = e / total
-    c_l = (r * z).sum(-2) - total.squeeze(-2).log()  # (B, H, k, f, (a j)): sum_l R (z - lse) = -entropy(R)
+    c_l = torch.linalg.vecdot(r, z, dim=-2) - total.squeeze(-2).log()  # (B, H, k, f, (a j)): sum_l R (z - lse) = -entropy(R)
     r_t = r.to(dtype).transpose(-1, -2)  # (B, H, k, f, (a j), l)
     a_l, y = r_t @ k_tiles, r_t @ v_tiles  # (B, H, k, f, (a j), D|Dv)
     # L step: query Q[a, i, j] against every (f, k) of its column j, logit scale * q . aL - cL.
