@@ -172,6 +172,19 @@ def test_block_causal_equals_per_chunk_runs_and_kv_cache():
     torch.testing.assert_close(out[0, 0], naive @ v[0, 0])
 
 
+def test_block_causal_with_text_keys_against_naive():
+    layout = VideoLayout(4, 2, 3, text=2, text_position="before")
+    q, k, v = qkv(layout, heads=1, sharp=2.0)
+    out = monarch_attention(q, k, v, layout, block_causal_frames=2, w_reduce=3, query_chunk=1)
+    naive = naive_matrix(q[0, 0], k[0, 0], layout, causal=2, w_reduce=3)
+    torch.testing.assert_close(out[0, 0], naive @ v[0, 0])
+    # exact tiling: each video chunk is dense attention to its visible frames plus all text
+    mask = torch.ones(layout.total_tokens, layout.total_tokens, dtype=torch.bool)
+    chunk = torch.arange(layout.video_tokens) // 12
+    mask[2:, 2:] = chunk[:, None] >= chunk[None, :]
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
 def test_query_chunking_and_checkpoint_do_not_change_results():
     layout = VideoLayout(3, 2, 4)
     q, k, v = qkv(layout, sharp=2.0)
