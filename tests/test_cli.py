@@ -59,3 +59,19 @@ def test_psnr():
     a = np.zeros((2, 4, 4, 3))
     assert psnr(a, a) == float("inf")
     assert abs(psnr(a, a + 0.1) - 20.0) < 1e-9
+
+
+PIPELINE_RUNS = {
+    "broadway": (["--frames", "16", "--height", "32", "--width", "32", "--steps", "2"], 16),
+    "streaming": (["--chunks", "2", "--height", "32", "--width", "32", "--param", "sink_frames=1", "--param", "window_frames=4"], 21),
+    "freeswim": (["--frames", "5", "--base-size", "32x32", "--height", "64", "--width", "64", "--steps", "2", "--param", "backend=gather"], 5),
+}
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINE_RUNS))
+def test_generate_pipelines_write_their_frames(tmp_path, capsys, pipeline):
+    args, frames = PIPELINE_RUNS[pipeline]
+    out = tmp_path / f"{pipeline}.mp4"
+    main(["generate", "--pipeline", pipeline, *args, "--out", str(out)])
+    assert len(imageio.mimread(out)) == frames
+    assert f"wrote {out}" in capsys.readouterr().out

@@ -1,46 +1,15 @@
-"""`vidattn` command line: demo, generate, bench, mask."""
+"""`vidattn` command line: demo, generate, bench, mask, prepare-data, train, eval."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 import torch
 
-from ..processors.registry import METHODS, apply_method
+from ..processors.registry import METHODS
 from .bench import cmd_bench, cmd_mask
-from .params import parse_params
-from .video import generate_timed, load_pipeline, psnr, write_mp4
-
-
-def _generate(pipe, args):
-    return generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed)
-
-
-def cmd_generate(args) -> None:
-    pipe = load_pipeline(args.model)
-    apply_method(pipe.transformer, args.method, **parse_params(args.param))
-    frames, seconds = _generate(pipe, args)
-    write_mp4(frames, args.out)
-    print(f"wrote {args.out} ({frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method})")
-
-
-def cmd_demo(args) -> None:
-    pipe = load_pipeline(args.model)
-    out = Path(args.out)
-    params = {"decay": 0.2} if args.method == "radial" else {}
-    params.update(parse_params(args.param))
-    results = {}
-    for method, method_params in (("dense", {}), (args.method, params)):
-        apply_method(pipe.transformer, method, **method_params)
-        _generate(pipe, args)  # warm-up: FlexAttention compiles on first use
-        frames, seconds = _generate(pipe, args)
-        write_mp4(frames, out / f"{method}.mp4")
-        results[method] = (frames, seconds)
-    (dense, dense_s), (sparse, sparse_s) = results["dense"], results[args.method]
-    print(f"dense : denoising {dense_s:.2f} s -> {out / 'dense.mp4'}")
-    print(f"{args.method}: denoising {sparse_s:.2f} s -> {out / (args.method + '.mp4')}  (speed-up {dense_s / sparse_s:.2f}x)")
-    print(f"PSNR {args.method} vs dense: {psnr(dense, sparse):.2f} dB")
+from .generate import PIPELINES, cmd_demo, cmd_generate
 
 
 def _add_method_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -77,9 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(steps=4, func=cmd_demo)
     p.add_argument("--out", default="outputs/demo")
 
-    p = sub.add_parser("generate", help="text-to-video with a chosen attention method")
+    p = sub.add_parser("generate", help="text-to-video with a chosen attention method or vidattn pipeline")
     _add_generation_args(p, frames=33, size=128)
     _add_method_args(p, default="radial")
+    p.add_argument("--pipeline", default="text2video", choices=PIPELINES,
+                   help="text2video (Wan + --method), broadway (AnimateDiff/ModelScope --model), freeswim, streaming; "
+                   "--param sets the pipeline's config (BroadWayConfig, FreeSwimPipeline, HybridConfig)")
+    p.add_argument("--base-size", default="64x64", help="freeswim: stage-1 size HEIGHTxWIDTH in pixels")
+    p.add_argument("--strength", type=float, default=0.7, help="freeswim: stage-2 denoising strength")
+    p.add_argument("--cache-steps", type=int, default=2, help="freeswim: refresh the cross-attention cache every N steps")
+    p.add_argument("--chunks", type=int, default=4, help="streaming: number of chunks")
     p.add_argument("--out", default="outputs/video.mp4")
     p.set_defaults(func=cmd_generate)
 
@@ -99,10 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p, default="radial")
     p.add_argument("--out", default="outputs/mask.png")
     p.set_defaults(func=cmd_mask)
+
+    from ..training.cache import add_prepare_data_arguments, run_prepare_data
+
+    p = sub.add_parser("prepare-data", help="cache VAE latents and text embeddings of a video folder for training")
+    add_prepare_data_arguments(p)
+    p.set_defaults(func=run_prepare_data)
+
+    # Listed for --help only: main() hands `train ...` to the training entry point unparsed.
+    sub.add_parser("train", help="LoRA training: `vidattn train --config X.yaml [--set key=value ...]` (or accelerate launch -m vidattn.training.train_lora)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from ..training.train_lora import main as train_main
+
+        raise SystemExit(train_main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
