@@ -157,7 +157,7 @@ def naive_topk_mask(q, k, keep, bs):
     return mask
 
 
-@pytest.mark.parametrize("backend", ["gather", "dense"])
+@pytest.mark.parametrize("backend", ["gather", "dense", "flex"])
 def test_sparse_window_equals_masked_sdpa_and_keep_one_is_dense(backend):
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 2, 22, 8, generator=g), torch.randn(2, 2, 53, 8, generator=g), torch.randn(2, 2, 53, 8, generator=g)
