@@ -318,6 +318,11 @@ class HybridAttnProcessor(VideoAttnProcessor):
                 f"chunk starting at frame {first} overlaps cached frames (last {cache.frames[-1]}): advance "
                 "state.begin(frame=...) past committed chunks, or state.reset() to start a new stream"
             )
+        if cfg.mode != "dense" and count > cfg.max_frames:
+            raise ValueError(
+                f"a chunk of {count} latent frames exceeds max_frames ({cfg.max_frames}): stream it in chunks "
+                "(StreamingWanPipeline) or use mode='dense'"
+            )
         if cache.key is not None and cache.key.shape[0] != query.shape[0]:
             raise ValueError(f"batch size changed mid-stream ({cache.key.shape[0]} -> {query.shape[0]}): call state.reset()")
         frames = cache.frames + current
