@@ -1,7 +1,8 @@
 """From-scratch CPU training of the embedded default model on the shapes dataset: VAE, then transformer.
 
 Stages (each resumes from its checkpoint in ``--work``): ``vae`` (reconstruction), ``latents`` (encode the
-dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), ``assemble`` (diffusers folder).
+dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), ``decoder`` (more decoder
+training with the encoder frozen, so the latents stay valid; can run beside ``transformer``), ``assemble``.
 Reproduce the committed weights with
 ``python -m vidattn.training.pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
 """
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..data.shapes import COLORS, ShapesDataset
 from .objectives import flow_matching_loss
 
-STAGES = ("vae", "latents", "transformer", "assemble")
+STAGES = ("vae", "latents", "transformer", "decoder", "assemble")
 
 
 @dataclass
@@ -33,13 +34,16 @@ class VAESettings:
     z_dim: int = 8
     dim_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
     num_res_blocks: int = 1
-    steps: int = 1200
+    steps: int = 700
     batch_size: int = 4
-    clip_frames: int = 5
+    clip_frames: int = 9
     crop: int = 32
     learning_rate: float = 3e-3
     kl_weight: float = 1e-6
     foreground_weight: float = 8.0
+    latent_hint_weight: float = 1.0
+    decoder_steps: int = 600
+    decoder_learning_rate: float = 1e-3
 
 
 @dataclass
@@ -50,12 +54,12 @@ class TransformerSettings:
     ffn_dim: int = 256
     freq_dim: int = 32
     rope_max_seq_len: int = 256
-    num_videos: int = 800
-    steps: int = 3000
+    num_videos: int = 480
+    steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 1e-3
     shift: float = 3.0
-    caption_dropout: float = 0.1
+    caption_dropout: float = 0.0
     ema_decay: float = 0.995
 
 
@@ -167,22 +171,42 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 # -- stage 1: VAE ----------------------------------------------------------------------------------------
-def train_vae(cfg: PretrainConfig, work: Path) -> None:
-    """Reconstruction (foreground-weighted MSE + tiny KL) of the posterior mean on random crops of short clips."""
+def latent_hint(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """(B, 4, F', H/8, W/8): mean RGB and shape coverage per latent cell (frame 0 alone, then groups of 4).
+
+    The first four latent channels are pulled towards it; without this hint a tiny VAE sits for hundreds of
+    steps on the plateau where it draws a constant frame.
+    """
+    v = torch.cat([x, foreground.float() * 2 - 1], dim=1)
+    b, c, f, h, w = v.shape
+    chunks = torch.cat([v[:, :, :1], v[:, :, 1:].reshape(b, c, (f - 1) // 4, 4, h, w).mean(3)], dim=2)
+    return torch.nn.functional.avg_pool3d(chunks, (1, 8, 8))
+
+
+def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> None:
+    """Reconstruction (foreground-weighted MSE + tiny KL) of the posterior mean on random crops of short clips.
+
+    ``decoder_only``: continue from the ``vae`` stage with the encoder frozen (its latents stay valid).
+    """
     v = cfg.vae
     vae = build_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=v.learning_rate, weight_decay=0.0)
-    state_path, step = work / "vae_state.pt", 0
+    total, base_lr = (v.decoder_steps, v.decoder_learning_rate) if decoder_only else (v.steps, v.learning_rate)
+    if decoder_only:
+        vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
+    state_path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    data = _dataset(cfg, 10**6, cfg.seed + 1)
+    data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
     rng = np.random.default_rng([cfg.seed, 1, step])
     vae.train()
-    while step < v.steps:
-        lr = v.learning_rate * 0.5 * (1 + np.cos(np.pi * step / v.steps))
+    while step < total:
+        lr = base_lr * 0.5 * (1 + np.cos(np.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
         clips, backgrounds = [], []
@@ -195,21 +219,24 @@ def train_vae(cfg: PretrainConfig, work: Path) -> None:
             clips.append(video[f0 : f0 + v.clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
         x = to_pixels(np.stack(clips))
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.mode()).sample  # a deterministic autoencoder: the mean is the latent
+        latents = posterior.mode()  # a deterministic autoencoder: the mean is the latent
+        recon = vae.decode(latents).sample
         background = torch.tensor(backgrounds).view(-1, 3, 1, 1, 1) * 2 - 1
         foreground = (x - background).abs().amax(1, keepdim=True) > 0.1
         weight = 1 + v.foreground_weight * foreground.float()
         rec = (weight * (recon - x) ** 2).mean()
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + v.kl_weight * kl
+        if not decoder_only:
+            loss = loss + v.latent_hint_weight * torch.nn.functional.mse_loss(latents[:, :4], latent_hint(x, foreground))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 10 == 0:
-            _log(work, f"vae step {step} rec {rec.item():.4f} kl {kl.item():.2f} lr {lr:.2e}")
-        if step % cfg.checkpoint_every == 0 or step == v.steps:
+            _log(work, f"{'decoder' if decoder_only else 'vae'} step {step} rec {rec.item():.4f} total {loss.item():.4f} lr {lr:.2e}")
+        if step % cfg.checkpoint_every == 0 or step == total:
             _save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
 
 
@@ -287,7 +314,7 @@ def train_transformer(cfg: PretrainConfig, work: Path) -> None:
         step += 1
         if step % 10 == 0:
             _log(work, f"transformer step {step} loss {loss.item():.4f} lr {lr:.2e}")
-        if step % (cfg.checkpoint_every * 4) == 0 or step == t.steps:
+        if step % cfg.checkpoint_every == 0 or step == t.steps:
             _save_state(state_path, {"model": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step})
 
 
@@ -298,7 +325,8 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
 
     meta = json.loads((work / "latents.json").read_text())
     vae = build_vae(cfg, meta["latents_mean"], meta["latents_std"])
-    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    decoder_path = work / "vae_decoder_state.pt"  # the decoder stage keeps the encoder the latents came from
+    vae.load_state_dict(torch.load(decoder_path if decoder_path.exists() else work / "vae_state.pt", weights_only=False)["model"])
     transformer = build_transformer(cfg)
     state = torch.load(work / "transformer_state.pt", weights_only=False)
     transformer.load_state_dict(state["ema" if use_ema else "model"])
@@ -327,6 +355,8 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
             encode_latents(cfg, work)
         elif stage == "transformer":
             train_transformer(cfg, work)
+        elif stage == "decoder":
+            train_vae(cfg, work, decoder_only=True)
         else:
             assemble(cfg, work, Path(out))
 
