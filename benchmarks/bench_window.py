@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--grid", default="3x68x120", help="latent tokens FxHxW (21x68x120 is 81 frames at 1088x1920)")
     p.add_argument("--window", default=",".join("none" if w is None else str(w) for w in FREESWIM_WINDOW), help="half-widths frames,rows,cols (none = whole axis)")
     p.add_argument("--no-inward", action="store_true")
-    p.add_argument("--orders", default="none,2x8x8,1x8x16", help="comma list of token orders: none (frame-major) or FxHxW tiles")
+    p.add_argument("--orders", default="none,1x8x16", help="comma list of token orders: none (frame-major) or FxHxW tiles")
     p.add_argument("--backends", default="flex")
     p.add_argument("--heads", type=int, default=1)
     p.add_argument("--head-dim", type=int, default=128)

@@ -124,6 +124,13 @@ def test_tiled_order_touches_fewer_tiles():
     assert natural.token_density() == tiled.token_density() == pytest.approx((17 / 48) ** 2)
 
 
+def test_auto_tile_is_one_frame_brick_of_block_size_tokens():
+    assert WindowConfig().resolved_tile() == (1, 8, 16)
+    assert WindowConfig(block_size=16).resolved_tile() == (1, 4, 4)
+    assert WindowConfig(block_size=96).resolved_tile() is None
+    assert WindowConfig(tile=None).resolved_tile() is None and WindowConfig(tile=[2, 8, 8]).resolved_tile() == (2, 8, 8)
+
+
 # -- kernels -------------------------------------------------------------------------------------------------
 def masked_sdpa(q, k, v, mask, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -256,6 +263,8 @@ def test_bad_input_errors():
         WindowConfig(backend="cuda")
     with pytest.raises(ValueError, match="tile must be"):
         WindowConfig(tile=(1, 8))
+    with pytest.raises(ValueError, match="tile must be 'auto'"):
+        WindowConfig(tile="big")
     with pytest.raises(ValueError, match="inward must be True or False"):
         WindowConfig(inward="yes")
     with pytest.raises(ValueError, match="unknown WindowAttnProcessor argument"):

@@ -36,8 +36,9 @@ class WindowConfig:
 
     ``window`` gives per-axis half-widths (frames, rows, cols), ``size`` full window sizes instead (give at most
     one); an entry None or -1 is the whole axis. ``scale_factor`` multiplies the default 1/sqrt(head_dim)
-    softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles for the kernel (None: natural
-    frame-major order).
+    softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles (frames, rows, cols) for the
+    kernel: ``"auto"`` is one frame x a near-square brick of ``block_size`` tokens (1x8x16 for 128), None keeps
+    the natural frame-major order. The result is the same either way; only the kernel's schedule changes.
     """
 
     window: tuple | None = None
@@ -46,7 +47,7 @@ class WindowConfig:
     dilation: int | tuple[int, int, int] = 1
     scale_factor: float = FREESWIM_SCALE_FACTOR
     block_size: int = 128
-    tile: tuple[int, int, int] | None = None
+    tile: tuple[int, int, int] | str | None = "auto"
     dense_steps: int = 0
     dense_layers: int = 0
     backend: str = "auto"
@@ -73,8 +74,20 @@ class WindowConfig:
             return window_extents(FREESWIM_WINDOW)
         return window_extents(self.window, self.size)
 
+    def resolved_tile(self) -> tuple[int, int, int] | None:
+        """The 3D tile of the token order (``"auto"`` resolved), or None for the natural order."""
+        if self.tile != "auto":
+            return self.tile  # type: ignore[return-value]
+        size = self.block_size if isinstance(self.block_size, int) else 0
+        bits = size.bit_length() - 1
+        if size < 1 or size != 1 << bits:
+            return None  # no brick of exactly block_size tokens: keep the natural order
+        return (1, 1 << (bits // 2), 1 << (bits - bits // 2))
+
     def pattern(self) -> WindowPattern:
-        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, self.tile)
+        if isinstance(self.tile, str) and self.tile != "auto":
+            raise ValueError(f"tile must be 'auto', None or three ints (frames, rows, cols), got {self.tile!r}")
+        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, self.resolved_tile())
 
 
 def window_attention(
