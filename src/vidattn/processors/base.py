@@ -122,7 +122,7 @@ class VideoAttnProcessor:
         return self.plan_cache[key]
 
     def density(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> float | None:
-        """Share of the dense attention tiles this processor computes for these inputs (None: not a tile method)."""
+        """Share of dense attention work this processor spends on these inputs: tiles computed, or FLOPs (None: unknown)."""
         return None
 
     def attend(

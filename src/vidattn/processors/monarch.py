@@ -10,7 +10,7 @@ from ..context import AttentionContext
 from ..kernels import BACKENDS
 from ..kernels.monarch import check_tiling, monarch_attention, monarch_flops
 from ..layout import VideoLayout
-from .base import VideoAttnProcessor
+from .base import VideoAttnProcessor, config_with_overrides
 from .install import install_processors, remove_processors
 
 
@@ -77,14 +77,7 @@ class MonarchAttnProcessor(VideoAttnProcessor):
         plan_cache: dict | None = None,
         **overrides,
     ) -> None:
-        config = config or MonarchConfig()
-        if overrides:
-            unknown = set(overrides) - set(MonarchConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(
-                    f"unknown MonarchAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(MonarchConfig.__dataclass_fields__)}"
-                )
-            config = MonarchConfig(**{**config.__dict__, **overrides})
+        config = config_with_overrides(MonarchConfig, config, overrides, "MonarchAttnProcessor")
         super().__init__(
             family=config.family,
             layout=layout,
@@ -97,6 +90,10 @@ class MonarchAttnProcessor(VideoAttnProcessor):
         self.config = config
         if layout is not None:
             config.check(layout)
+
+    def density(self, query, key, layout, family):
+        """Monarch has no tiles: the share of dense attention's matmul FLOPs it spends."""
+        return self.config.flops(layout, query.shape[-1])["ratio"]
 
     def attend(self, query, key, value, layout, key_valid, family):
         c = self.config

@@ -12,6 +12,7 @@ import torch
 
 from .dense import DenseAttnProcessor
 from .install import remove_processors
+from .monarch import MonarchAttnProcessor, MonarchConfig, apply_monarch_attention
 from .radial import RadialAttnProcessor, RadialConfig, apply_radial_attention
 from .vmoba import VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention
 
@@ -29,6 +30,7 @@ METHODS: dict[str, Method] = {
     "dense": Method(DenseAttnProcessor),
     "radial": Method(RadialAttnProcessor, RadialConfig, apply_radial_attention),
     "vmoba": Method(VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention),
+    "monarch": Method(MonarchAttnProcessor, MonarchConfig, apply_monarch_attention),
 }
 
 
