@@ -124,11 +124,20 @@ def test_tiled_order_touches_fewer_tiles():
     assert natural.token_density() == tiled.token_density() == pytest.approx((17 / 48) ** 2)
 
 
-def test_auto_tile_is_one_frame_brick_of_block_size_tokens():
-    assert WindowConfig().resolved_tile() == (1, 8, 16)
-    assert WindowConfig(block_size=16).resolved_tile() == (1, 4, 4)
-    assert WindowConfig(block_size=96).resolved_tile() is None
-    assert WindowConfig(tile=None).resolved_tile() is None and WindowConfig(tile=[2, 8, 8]).resolved_tile() == (2, 8, 8)
+def test_auto_tile_keeps_the_order_with_fewer_tiles():
+    assert WindowConfig().brick() == (1, 8, 16) and WindowConfig(block_size=16).brick() == (1, 4, 4)
+    assert WindowConfig(block_size=96).candidate_tiles() == [None]
+    assert WindowConfig(tile=[2, 8, 8]).candidate_tiles() == [(2, 8, 8)]
+    layout = VideoLayout(2, 64, 64)
+    q = torch.zeros(1, 1, layout.total_tokens, 8)
+    natural_chosen = []
+    for window in [(None, 4, 8), (None, 8, 8)]:
+        densities = [WindowAttnProcessor(window=window, tile=tile).density(q, q, layout, "wan") for tile in (None, (1, 8, 16))]
+        auto = WindowAttnProcessor(window=window)
+        assert auto.density(q, q, layout, "wan") == min(densities)
+        natural_chosen.append(auto.window_plan(layout).order is None)
+        assert natural_chosen[-1] == (densities[0] <= densities[1])
+    assert natural_chosen == [True, False], "the natural order wins the small window, the brick the larger one"
 
 
 # -- kernels -------------------------------------------------------------------------------------------------

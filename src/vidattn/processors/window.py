@@ -37,8 +37,9 @@ class WindowConfig:
     ``window`` gives per-axis half-widths (frames, rows, cols), ``size`` full window sizes instead (give at most
     one); an entry None or -1 is the whole axis. ``scale_factor`` multiplies the default 1/sqrt(head_dim)
     softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles (frames, rows, cols) for the
-    kernel: ``"auto"`` is one frame x a near-square brick of ``block_size`` tokens (1x8x16 for 128), None keeps
-    the natural frame-major order. The result is the same either way; only the kernel's schedule changes.
+    kernel; None keeps the natural frame-major order; ``"auto"`` takes whichever of the natural order and a
+    one-frame brick of ``block_size`` tokens (1x8x16 for 128) computes fewer tiles on the call's grid. The result
+    is the same either way; only the kernel's schedule changes.
     """
 
     window: tuple | None = None
@@ -62,7 +63,8 @@ class WindowConfig:
             object.__setattr__(self, "dilation", tuple(self.dilation))
         if isinstance(self.tile, list):
             object.__setattr__(self, "tile", tuple(self.tile))
-        self.pattern()  # validates window/size, dilation, inward, block_size, tile
+        for tile in self.candidate_tiles():  # validates window/size, dilation, inward, block_size, tile
+            self.pattern(tile)
         if isinstance(self.scale_factor, bool) or not isinstance(self.scale_factor, (int, float)) or not self.scale_factor > 0:
             raise ValueError(f"scale_factor must be a number > 0 (1.0 = default 1/sqrt(d) scale), got {self.scale_factor!r}")
         if self.backend not in BACKENDS:
@@ -74,20 +76,26 @@ class WindowConfig:
             return window_extents(FREESWIM_WINDOW)
         return window_extents(self.window, self.size)
 
-    def resolved_tile(self) -> tuple[int, int, int] | None:
-        """The 3D tile of the token order (``"auto"`` resolved), or None for the natural order."""
-        if self.tile != "auto":
-            return self.tile  # type: ignore[return-value]
+    def brick(self) -> tuple[int, int, int] | None:
+        """The one-frame brick of ``block_size`` tokens that ``tile="auto"`` tries (None if not a power of two)."""
         size = self.block_size if isinstance(self.block_size, int) else 0
         bits = size.bit_length() - 1
         if size < 1 or size != 1 << bits:
             return None  # no brick of exactly block_size tokens: keep the natural order
         return (1, 1 << (bits // 2), 1 << (bits - bits // 2))
 
-    def pattern(self) -> WindowPattern:
-        if isinstance(self.tile, str) and self.tile != "auto":
-            raise ValueError(f"tile must be 'auto', None or three ints (frames, rows, cols), got {self.tile!r}")
-        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, self.resolved_tile())
+    def candidate_tiles(self) -> list[tuple[int, int, int] | None]:
+        """Token orders to consider: the given ``tile``, or for ``"auto"`` the natural order and the brick."""
+        if isinstance(self.tile, str):
+            if self.tile != "auto":
+                raise ValueError(f"tile must be 'auto', None or three ints (frames, rows, cols), got {self.tile!r}")
+            return [None] if self.brick() is None else [None, self.brick()]
+        return [self.tile]
+
+    def pattern(self, tile: tuple[int, int, int] | None | str = "config") -> WindowPattern:
+        """The pattern with token order ``tile`` (default: the config's first candidate)."""
+        tile = self.candidate_tiles()[0] if tile == "config" else tile
+        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, tile)  # type: ignore[arg-type]
 
 
 def window_attention(
@@ -142,13 +150,23 @@ class WindowAttnProcessor(VideoAttnProcessor):
         self.config = config
 
     def window_plan(self, layout: VideoLayout, device: torch.device | str = "cpu") -> WindowPlan:
-        """The cached window plan (with the token order) for ``layout``."""
-        pattern = self.config.pattern()
-        return self.cached_plan(("window", layout, pattern, str(device)), lambda: window_plan(layout, pattern, device))
+        """The cached window plan (with the token order) for ``layout``; ``tile="auto"`` keeps the one of fewer tiles."""
+        patterns = [self.config.pattern(tile) for tile in self.config.candidate_tiles()]
+
+        def build() -> WindowPlan:
+            plans = [window_plan(layout, pattern, device) for pattern in patterns]
+            return min(plans, key=lambda wplan: int(wplan.plan.tiles.sum()))  # ties: the natural order
+
+        return self.cached_plan(("window", layout, tuple(patterns), str(device)), build)
 
     def plan(self, layout: VideoLayout, family: str = "wan", device: torch.device | str = "cpu") -> BlockPlan:
         """The block plan for ``layout`` in the kernel's token order (what ``vidattn mask`` draws)."""
         return self.window_plan(layout, device).plan
+
+    def density(self, query, key, layout, family):
+        """Tiles computed over the tiles of dense attention on the unpadded sequence (the kernel's share of work)."""
+        plan = self.plan(layout, family, query.device)
+        return plan.tiles.sum().item() / (-(-layout.total_tokens // plan.block_size)) ** 2
 
     def attend(self, query, key, value, layout, key_valid, family):
         scale = self.config.scale_factor / math.sqrt(query.shape[-1])
