@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from ..layout import VideoLayout
 from .base import VideoAttnProcessor
+from .window import entropy_scale_factor
 
 PHASES = ("full_record", "window", "window_inject")
 BRANCHES = ("cond", "uncond")
@@ -151,9 +152,7 @@ def freeswim_scale_factor(base_tokens: int) -> float:
 
     Its code hard-codes N = 30 * 52 (480x832 on Wan 2.1), giving 1.046.
     """
-    if not isinstance(base_tokens, int) or base_tokens < 2:
-        raise ValueError(f"base_tokens must be an int >= 2, got {base_tokens!r}")
-    return math.sqrt(math.log(2 * base_tokens) / math.log(base_tokens))
+    return entropy_scale_factor(base_tokens, 2 * base_tokens)
 
 
 class BranchSelfAttnProcessor:

@@ -15,6 +15,7 @@ from .install import remove_processors
 from .monarch import MonarchAttnProcessor, MonarchConfig, apply_monarch_attention
 from .radial import RadialAttnProcessor, RadialConfig, apply_radial_attention
 from .vmoba import VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention
+from .window import WindowAttnProcessor, WindowConfig, apply_window_attention
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ METHODS: dict[str, Method] = {
     "radial": Method(RadialAttnProcessor, RadialConfig, apply_radial_attention),
     "vmoba": Method(VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention),
     "monarch": Method(MonarchAttnProcessor, MonarchConfig, apply_monarch_attention),
+    "window": Method(WindowAttnProcessor, WindowConfig, apply_window_attention),
 }
 
 

@@ -13,7 +13,7 @@ from ..kernels import BACKENDS, block_sparse_attention
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
-from .base import VideoAttnProcessor
+from .base import VideoAttnProcessor, config_with_overrides
 from .install import install_processors, remove_processors
 
 
@@ -132,12 +132,7 @@ class WindowAttnProcessor(VideoAttnProcessor):
         plan_cache: dict | None = None,
         **overrides,
     ) -> None:
-        config = config or WindowConfig()
-        if overrides:
-            unknown = set(overrides) - set(WindowConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown WindowAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(WindowConfig.__dataclass_fields__)}")
-            config = WindowConfig(**{**config.__dict__, **overrides})
+        config = config_with_overrides(WindowConfig, config, overrides, "WindowAttnProcessor")
         super().__init__(
             family=config.family,
             layout=layout,
