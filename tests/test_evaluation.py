@@ -107,3 +107,37 @@ def test_static_or_empty_video_has_no_direction():
     assert motion_direction(np.array([[1.0, 1.0], [np.nan, np.nan], [5.0, 2.0]])) == "right"
     with pytest.raises(ValueError, match="caption must name a colour and a direction"):
         prompt_accuracy([still], ["a square"])
+
+
+def test_eval_report_covers_every_method(tmp_path):
+    """`vidattn eval` on a small grid: one row per registered method, a plot and a strip per method."""
+    from vidattn.evaluation import evaluate
+    from vidattn.processors.registry import METHODS
+
+    report = evaluate(
+        num_prompts=2, frames=9, steps=2, out=tmp_path, common_args={"block_size": 16, "backend": "dense"},
+    )
+    text = (tmp_path / "report.md").read_text()
+    assert [r.method for r in report.results] == ["dense"] + [m for m in METHODS if m != "dense"]
+    for method in METHODS:
+        assert f"| {method} |" in text
+        assert (tmp_path / f"strip_{method}.png").is_file()
+    assert (tmp_path / "metrics.png").stat().st_size > 0
+    dense = report.results[0]
+    assert dense.psnr == math.inf and dense.ssim == pytest.approx(1.0) and dense.speedup == 1.0
+    for r in report.results:
+        assert 0 <= r.accuracy <= min(r.color_accuracy, r.direction_accuracy) + 1e-12 and r.seconds > 0
+
+
+def test_eval_bad_input():
+    from vidattn.evaluation import evaluate, held_out_prompts
+
+    with pytest.raises(ValueError, match="methods must be names in"):
+        evaluate(object(), methods=["nope"], out=None)
+    with pytest.raises(ValueError, match="method_args keys"):
+        evaluate(object(), method_args={"nope": {}}, out=None)
+    prompts = held_out_prompts(20)
+    assert len(set(prompts)) == 20
+    assert {(parse_caption(p)["color"], parse_caption(p)["direction"]) for p in prompts} == {
+        (c, d) for c in ("red", "green", "blue", "yellow", "white") for d in ("left", "right", "up", "down")
+    }
