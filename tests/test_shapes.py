@@ -94,3 +94,15 @@ def test_bad_input():
         ShapesDataset(3, radius=(0.3, 0.3), travel=0.5)
     with pytest.raises(IndexError):
         ShapesDataset(3)[3]
+
+
+def test_position_jitter_zero_gives_centred_starts():
+    data = ShapesDataset(40, frames=2, height=32, width=48, seed=0, position_jitter=0.0)
+    starts = {}
+    for i in range(len(data)):
+        a = data.attributes(i)
+        starts.setdefault(a["direction"], set()).add(tuple(round(v, 1) for v in a["start"]))
+        assert (a["start"][1] if a["direction"] in ("left", "right") else a["start"][0]) == pytest.approx(0.5)
+    assert all(len(s) <= 2 for s in starts.values())  # only the radius draw moves the start
+    with pytest.raises(ValueError, match="position_jitter"):
+        ShapesDataset(3, position_jitter=1.5)

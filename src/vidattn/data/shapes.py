@@ -107,7 +107,8 @@ class ShapeSample:
 class ShapesDataset:
     """``num_samples`` random shape videos, sample i a pure function of (seed, i); any frame count and size.
 
-    The start position is drawn so that the shape stays fully inside the frame for the whole clip.
+    The start position is drawn so that the shape stays fully inside the frame for the whole clip;
+    ``position_jitter`` < 1 shrinks its range towards the centre (0: every clip of a direction starts alike).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class ShapesDataset:
         backgrounds: tuple[str, ...] = ("black",),
         radius: tuple[float, float] = (0.12, 0.16),
         travel: float = 0.4,
+        position_jitter: float = 1.0,
     ) -> None:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -135,13 +137,15 @@ class ShapesDataset:
                 raise ValueError(f"{name} must name at least one of {tuple(allowed)}")
             for v in values:
                 _check(name, v, allowed)
+        if not 0 <= position_jitter <= 1:
+            raise ValueError(f"position_jitter must be in [0, 1] (0: centred starts, 1: anywhere the shape fits), got {position_jitter!r}")
         if not (0 < radius[0] <= radius[1] and travel >= 0 and 2 * radius[1] + travel < 1):
             raise ValueError(f"radius {radius} and travel {travel} must leave room to move: 2 * radius[1] + travel < 1")
         self.num_samples = num_samples
         self.frames, self.height, self.width = frames, height, width
         self.seed = seed
         self.colors, self.shapes, self.directions, self.backgrounds = tuple(colors), tuple(shapes), tuple(directions), tuple(backgrounds)
-        self.radius, self.travel = radius, travel
+        self.radius, self.travel, self.position_jitter = radius, travel, position_jitter
 
     def __len__(self) -> int:
         return self.num_samples
@@ -167,7 +171,8 @@ class ShapesDataset:
                 hi -= self.travel
             elif u < 0:
                 lo += self.travel
-            start.append(float(rng.uniform(lo, hi)))
+            u = float(rng.uniform(lo, hi))
+            start.append(u if self.position_jitter == 1 else (lo + hi) / 2 + self.position_jitter * (u - (lo + hi) / 2))
         return dict(color=color, shape=shape, direction=direction, background=background, start=tuple(start), radius=radius)
 
     def __getitem__(self, index: int) -> ShapeSample:

@@ -42,7 +42,7 @@ class VAESettings:
     kl_weight: float = 1e-6
     foreground_weight: float = 8.0
     latent_hint_weight: float = 1.0
-    decoder_steps: int = 600
+    decoder_steps: int = 1500
     decoder_learning_rate: float = 1e-3
 
 
@@ -55,6 +55,7 @@ class TransformerSettings:
     freq_dim: int = 32
     rope_max_seq_len: int = 256
     num_videos: int = 480
+    position_jitter: float = 0.2
     steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -136,15 +137,30 @@ def build_text_encoder(cfg: PretrainConfig, tokenizer):
 
 
 def build_transformer(cfg: PretrainConfig):
+    """The Wan transformer, with the biases that would turn WanPipeline's zero text padding into signal set to 0."""
     from diffusers import WanTransformer3DModel
 
     t = cfg.transformer
     torch.manual_seed(cfg.seed)
-    return WanTransformer3DModel(
+    transformer = WanTransformer3DModel(
         patch_size=(1, 1, 1), num_attention_heads=t.num_attention_heads, attention_head_dim=t.attention_head_dim,
         in_channels=cfg.vae.z_dim, out_channels=cfg.vae.z_dim, text_dim=cfg.text_encoder.d_model, freq_dim=t.freq_dim,
         ffn_dim=t.ffn_dim, num_layers=t.num_layers, rope_max_seq_len=t.rope_max_seq_len,
     )
+    for bias in padding_biases(transformer):
+        torch.nn.init.zeros_(bias)
+    return transformer
+
+
+def padding_biases(transformer) -> list[torch.nn.Parameter]:
+    """Text-projection and cross-attention key/value biases. WanPipeline pads every prompt with zero vectors to
+    512 tokens and cross-attention has no mask; with these biases at 0 (and kept there) a pad token has key 0 and
+    value 0, so the ~10 real tokens are not drowned by 500 identical pad tokens and the text is learnt quickly."""
+    proj = transformer.condition_embedder.text_embedder
+    biases = [proj.linear_1.bias, proj.linear_2.bias]
+    for block in transformer.blocks:
+        biases += [block.attn2.to_k.bias, block.attn2.to_v.bias]
+    return biases
 
 
 def to_pixels(videos: np.ndarray) -> torch.Tensor:
@@ -152,9 +168,9 @@ def to_pixels(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() * 2 - 1
 
 
-def _dataset(cfg: PretrainConfig, num: int, seed: int, frames: int | None = None) -> ShapesDataset:
+def _dataset(cfg: PretrainConfig, num: int, seed: int, frames: int | None = None, position_jitter: float = 1.0) -> ShapesDataset:
     return ShapesDataset(num, frames=frames or cfg.frames, height=cfg.height, width=cfg.width, seed=seed,
-                         colors=tuple(cfg.colors), backgrounds=tuple(cfg.backgrounds))
+                         colors=tuple(cfg.colors), backgrounds=tuple(cfg.backgrounds), position_jitter=position_jitter)
 
 
 def _log(work: Path, message: str) -> None:
@@ -246,7 +262,7 @@ def encode_latents(cfg: PretrainConfig, work: Path) -> None:
     vae = build_vae(cfg)
     vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
     vae.eval()
-    data = _dataset(cfg, cfg.transformer.num_videos, cfg.seed + 2)
+    data = _dataset(cfg, cfg.transformer.num_videos, cfg.seed + 2, position_jitter=cfg.transformer.position_jitter)
     latents, captions = [], []
     with torch.no_grad():
         for start in range(0, len(data), 16):
@@ -280,11 +296,14 @@ def train_transformer(cfg: PretrainConfig, work: Path) -> None:
     pipe = _text_pipeline(cfg)
     unique = sorted(set(meta["captions"])) + [""]
     with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(unique, do_classifier_free_guidance=False, device="cpu")
+        # 512: what WanPipeline.__call__ pads to (encode_prompt's own default is 226)
+        embeds, _ = pipe.encode_prompt(unique, do_classifier_free_guidance=False, max_sequence_length=512, device="cpu")
     caption_index = torch.tensor([unique.index(c) for c in meta["captions"]])
     transformer = build_transformer(cfg)
+    for bias in padding_biases(transformer):
+        bias.requires_grad_(False)
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=t.learning_rate, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.01)
     state_path, step = work / "transformer_state.pt", 0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
