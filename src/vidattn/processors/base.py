@@ -129,3 +129,41 @@ class VideoAttnProcessor:
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: VideoLayout, key_valid: torch.Tensor | None, family: str
     ) -> torch.Tensor:
         raise NotImplementedError
+
+
+class ConfiguredAttnProcessor(VideoAttnProcessor):
+    """A processor whose settings are one frozen config dataclass (``config_class``, a class constant).
+
+    The config carries ``family``, ``dense_steps`` and ``dense_layers`` (see :meth:`dense_layers_of`);
+    keyword overrides are config fields: ``RadialAttnProcessor(decay=0.2)`` == ``RadialAttnProcessor(RadialConfig(decay=0.2))``.
+    """
+
+    config_class: type
+
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        layout: VideoLayout | None = None,
+        layer_idx: int | None = None,
+        context: AttentionContext | None = None,
+        plan_cache: dict | None = None,
+        **overrides,
+    ) -> None:
+        config = config_with_overrides(self.config_class, config, overrides, type(self).__name__)
+        super().__init__(
+            family=config.family,
+            layout=layout,
+            layer_idx=layer_idx,
+            context=context,
+            dense_steps=config.dense_steps,
+            dense_layers=self.dense_layers_of(config),
+            plan_cache=plan_cache,
+        )
+        self.config = config
+
+    @staticmethod
+    def dense_layers_of(config: Any) -> int:
+        """How many leading layers run dense (the config's ``dense_layers``)."""
+        return config.dense_layers
+

@@ -39,6 +39,14 @@ def install_processors(transformer: torch.nn.Module, make_processor: Callable[[i
     return context
 
 
+def install_configured(transformer: torch.nn.Module, processor_class: Callable[..., object], config: object) -> AttentionContext:
+    """``processor_class(config)`` on every video self-attention layer, all sharing one plan cache, plus the step hook."""
+    plan_cache: dict = {}
+    return install_processors(
+        transformer, lambda index, family, context: processor_class(config, layer_idx=index, context=context, plan_cache=plan_cache)
+    )
+
+
 def remove_processors(transformer: torch.nn.Module) -> None:
     """Undo :func:`install_processors`: stock processors back on the video layers and the hook removed."""
     for _, module, family in video_attention_layers(transformer):

@@ -10,8 +10,8 @@ from ..context import AttentionContext
 from ..kernels import BACKENDS
 from ..kernels.monarch import check_tiling, monarch_attention, monarch_flops
 from ..layout import VideoLayout
-from .base import VideoAttnProcessor, config_with_overrides
-from .install import install_processors, remove_processors
+from .base import ConfiguredAttnProcessor
+from .install import install_configured, remove_processors
 
 
 def _check_int(name: str, value, low: int, optional: bool = False) -> None:
@@ -64,32 +64,15 @@ class MonarchConfig:
         return monarch_flops(layout, head_dim, self.f_tied, self.h_reduce, self.w_reduce)
 
 
-class MonarchAttnProcessor(VideoAttnProcessor):
+class MonarchAttnProcessor(ConfiguredAttnProcessor):
     """Drop-in Monarch attention: ``transformer.set_attn_processor(MonarchAttnProcessor(h_reduce=2))``."""
 
-    def __init__(
-        self,
-        config: MonarchConfig | None = None,
-        *,
-        layout: VideoLayout | None = None,
-        layer_idx: int | None = None,
-        context: AttentionContext | None = None,
-        plan_cache: dict | None = None,
-        **overrides,
-    ) -> None:
-        config = config_with_overrides(MonarchConfig, config, overrides, "MonarchAttnProcessor")
-        super().__init__(
-            family=config.family,
-            layout=layout,
-            layer_idx=layer_idx,
-            context=context,
-            dense_steps=config.dense_steps,
-            dense_layers=config.dense_layers,
-            plan_cache=plan_cache,
-        )
-        self.config = config
+    config_class = MonarchConfig
+
+    def __init__(self, config: MonarchConfig | None = None, *, layout: VideoLayout | None = None, **kwargs) -> None:
+        super().__init__(config, layout=layout, **kwargs)
         if layout is not None:
-            config.check(layout)
+            self.config.check(layout)
 
     def density(self, query, key, layout, family):
         """Monarch has no tiles: the share of dense attention's matmul FLOPs it spends."""
@@ -105,8 +88,7 @@ class MonarchAttnProcessor(VideoAttnProcessor):
 
 def apply_monarch_attention(transformer: torch.nn.Module, config: MonarchConfig | None = None) -> AttentionContext:
     """Monarch attention on every video self-attention layer, with the hook for dense warm-up steps/layers."""
-    config = config or MonarchConfig()
-    return install_processors(transformer, lambda index, family, context: MonarchAttnProcessor(config, layer_idx=index, context=context))
+    return install_configured(transformer, MonarchAttnProcessor, config or MonarchConfig())
 
 
 def remove_monarch_attention(transformer: torch.nn.Module) -> None:

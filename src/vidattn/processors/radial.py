@@ -11,8 +11,8 @@ from ..kernels import BACKENDS, block_sparse_attention
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
 from ..patterns.radial import RadialPattern, radial_plan
-from .base import VideoAttnProcessor, config_with_overrides
-from .install import install_processors, remove_processors
+from .base import ConfiguredAttnProcessor
+from .install import install_configured, remove_processors
 
 # The official code pins the sink on for Wan and removed it for HunyuanVideo (commit 2f61c30).
 DEFAULT_SINK = {"wan": True, "hunyuan": False, "cogvideox": False}
@@ -42,30 +42,10 @@ class RadialConfig:
         return RadialPattern(decay=self.decay, block_size=self.block_size, sink=sink)
 
 
-class RadialAttnProcessor(VideoAttnProcessor):
+class RadialAttnProcessor(ConfiguredAttnProcessor):
     """Drop-in Radial attention: ``transformer.set_attn_processor(RadialAttnProcessor(decay=0.2))``."""
 
-    def __init__(
-        self,
-        config: RadialConfig | None = None,
-        *,
-        layout: VideoLayout | None = None,
-        layer_idx: int | None = None,
-        context: AttentionContext | None = None,
-        plan_cache: dict | None = None,
-        **overrides,
-    ) -> None:
-        config = config_with_overrides(RadialConfig, config, overrides, "RadialAttnProcessor")
-        super().__init__(
-            family=config.family,
-            layout=layout,
-            layer_idx=layer_idx,
-            context=context,
-            dense_steps=config.dense_steps,
-            dense_layers=config.dense_layers,
-            plan_cache=plan_cache,
-        )
-        self.config = config
+    config_class = RadialConfig
 
     def plan(self, layout: VideoLayout, family: str = "wan", device: torch.device | str = "cpu") -> BlockPlan:
         """The (cached) block plan for ``layout``; its ``.sparsity`` is the realised tile sparsity."""
@@ -83,11 +63,7 @@ class RadialAttnProcessor(VideoAttnProcessor):
 
 def apply_radial_attention(transformer: torch.nn.Module, config: RadialConfig | None = None) -> AttentionContext:
     """Radial attention on every video self-attention layer, with the hook for dense warm-up steps/layers."""
-    config = config or RadialConfig()
-    plan_cache: dict = {}
-    return install_processors(
-        transformer, lambda index, family, context: RadialAttnProcessor(config, layer_idx=index, context=context, plan_cache=plan_cache)
-    )
+    return install_configured(transformer, RadialAttnProcessor, config or RadialConfig())
 
 
 def remove_radial_attention(transformer: torch.nn.Module) -> None:

@@ -20,8 +20,8 @@ from ..patterns.vmoba import (
     validate_selection,
     vmoba_plan,
 )
-from .base import VideoAttnProcessor, config_with_overrides
-from .install import install_processors, remove_processors
+from .base import ConfiguredAttnProcessor
+from .install import install_configured, remove_processors
 
 
 @dataclass(frozen=True)
@@ -137,33 +137,17 @@ def vmoba_attention(
     return attention_with_plan(query, key, value, vplan, key_valid, config.backend, scale)
 
 
-class VMoBAAttnProcessor(VideoAttnProcessor):
+class VMoBAAttnProcessor(ConfiguredAttnProcessor):
     """Drop-in VMoBA: ``transformer.set_attn_processor(VMoBAAttnProcessor(temporal_chunk=2, ...))``.
 
     Use :func:`apply_vmoba_attention` for the recurrent 1D-2D-3D layer cycle and dense warm-up steps.
     """
 
-    def __init__(
-        self,
-        config: VMoBAConfig | None = None,
-        *,
-        layout: VideoLayout | None = None,
-        layer_idx: int | None = None,
-        context: AttentionContext | None = None,
-        plan_cache: dict | None = None,
-        **overrides,
-    ) -> None:
-        config = config_with_overrides(VMoBAConfig, config, overrides, "VMoBAAttnProcessor")
-        super().__init__(
-            family=config.family,
-            layout=layout,
-            layer_idx=layer_idx,
-            context=context,
-            dense_steps=config.dense_steps,
-            dense_layers=config.first_sparse_layer,
-            plan_cache=plan_cache,
-        )
-        self.config = config
+    config_class = VMoBAConfig
+
+    @staticmethod
+    def dense_layers_of(config: VMoBAConfig) -> int:
+        return config.first_sparse_layer
 
     @property
     def kind(self) -> str:
@@ -190,11 +174,7 @@ class VMoBAAttnProcessor(VideoAttnProcessor):
 
 def apply_vmoba_attention(transformer: torch.nn.Module, config: VMoBAConfig | None = None) -> AttentionContext:
     """VMoBA on every video self-attention layer (layer i gets its partition from the cycle), plus the step hook."""
-    config = config or VMoBAConfig()
-    plan_cache: dict = {}
-    return install_processors(
-        transformer, lambda index, family, context: VMoBAAttnProcessor(config, layer_idx=index, context=context, plan_cache=plan_cache)
-    )
+    return install_configured(transformer, VMoBAAttnProcessor, config or VMoBAConfig())
 
 
 def remove_vmoba_attention(transformer: torch.nn.Module) -> None:

@@ -13,8 +13,8 @@ from ..kernels import BACKENDS, block_sparse_attention
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
-from .base import VideoAttnProcessor, config_with_overrides
-from .install import install_processors, remove_processors
+from .base import ConfiguredAttnProcessor
+from .install import install_configured, remove_processors
 
 
 def entropy_scale_factor(train_tokens: int, infer_tokens: int) -> float:
@@ -119,30 +119,10 @@ def window_attention(
     return out.index_select(-2, wplan.inverse.to(out.device))
 
 
-class WindowAttnProcessor(VideoAttnProcessor):
+class WindowAttnProcessor(ConfiguredAttnProcessor):
     """Drop-in window attention: ``transformer.set_attn_processor(WindowAttnProcessor(window=(3, 15, 26), inward=True))``."""
 
-    def __init__(
-        self,
-        config: WindowConfig | None = None,
-        *,
-        layout: VideoLayout | None = None,
-        layer_idx: int | None = None,
-        context: AttentionContext | None = None,
-        plan_cache: dict | None = None,
-        **overrides,
-    ) -> None:
-        config = config_with_overrides(WindowConfig, config, overrides, "WindowAttnProcessor")
-        super().__init__(
-            family=config.family,
-            layout=layout,
-            layer_idx=layer_idx,
-            context=context,
-            dense_steps=config.dense_steps,
-            dense_layers=config.dense_layers,
-            plan_cache=plan_cache,
-        )
-        self.config = config
+    config_class = WindowConfig
 
     def window_plan(self, layout: VideoLayout, device: torch.device | str = "cpu") -> WindowPlan:
         """The cached window plan (with the token order) for ``layout``; ``tile="auto"`` keeps the one of fewer tiles."""
@@ -170,11 +150,7 @@ class WindowAttnProcessor(VideoAttnProcessor):
 
 def apply_window_attention(transformer: torch.nn.Module, config: WindowConfig | None = None) -> AttentionContext:
     """Window attention on every video self-attention layer, plus the hook for dense warm-up steps/layers."""
-    config = config or WindowConfig()
-    plan_cache: dict = {}
-    return install_processors(
-        transformer, lambda index, family, context: WindowAttnProcessor(config, layer_idx=index, context=context, plan_cache=plan_cache)
-    )
+    return install_configured(transformer, WindowAttnProcessor, config or WindowConfig())
 
 
 def remove_window_attention(transformer: torch.nn.Module) -> None:
