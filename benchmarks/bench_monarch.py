@@ -10,45 +10,13 @@ hardest case: no spatial structure) and smooth fields plus noise (neighbouring t
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import torch
 import torch.nn.functional as F
 
 from vidattn.kernels.monarch import monarch_attention, monarch_flops
+from vidattn.benchmarking import best_time, synthetic_qkv
 from vidattn.layout import VideoLayout
-
-
-def _timed(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Best wall time of ``repeats`` calls after one warm-up call, and the last output."""
-    out = fn()
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def inputs(layout: VideoLayout, heads: int, head_dim: int, smooth: float, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """(1, heads, N, head_dim) q, k, v: ``smooth`` of a trilinearly upsampled coarse random field plus iid noise."""
-    g = torch.Generator().manual_seed(seed)
-    f, h, w = layout.grid
-    out = []
-    for _ in range(3):
-        x = torch.randn(1, heads, layout.video_tokens, head_dim, generator=g)
-        if smooth:
-            coarse = torch.randn(1, heads * head_dim, max(f // 4, 1), max(h // 6, 1), max(w // 8, 1), generator=g)
-            field = F.interpolate(coarse, size=(f, h, w), mode="trilinear", align_corners=True)
-            field = field.view(heads, head_dim, -1).transpose(1, 2).unsqueeze(0)
-            x = smooth * field / field.std() + (1 - smooth) * x
-        out.append(x)
-    return tuple(out)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -76,13 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     layout = VideoLayout.parse(args.grid)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     cases = {
-        "iid": [x.to(device, dtype) for x in inputs(layout, args.heads, args.head_dim, 0.0)],
-        "smooth": [x.to(device, dtype) for x in inputs(layout, args.heads, args.head_dim, args.smooth)],
+        "iid": [x.to(device, dtype) for x in synthetic_qkv(layout, args.heads, args.head_dim, 0.0)],
+        "smooth": [x.to(device, dtype) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth)],
     }
     print(f"grid {layout} ({layout.video_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     with torch.no_grad():
-        dense_time, _ = _timed(lambda: F.scaled_dot_product_attention(*cases["iid"]), args.repeats, device)
+        dense_time, _ = best_time(lambda: F.scaled_dot_product_attention(*cases["iid"]), args.repeats, device)
         dense = {name: F.scaled_dot_product_attention(*qkv) for name, qkv in cases.items()}
         gflop_dense = 4 * layout.video_tokens**2 * args.head_dim * args.heads / 1e9
         print(f"{'setting':<22}{'time (s)':>10}{'dense/x':>9}{'GFLOP':>9}{'flop ratio':>11}{'err iid':>10}{'err smooth':>11}")
@@ -90,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         for h_reduce in (int(x) for x in args.h_reduce.split(",")):
             kw = dict(f_tied=args.f_tied, h_reduce=h_reduce, w_reduce=args.w_reduce, query_chunk=args.query_chunk)
             flops = monarch_flops(layout, args.head_dim, args.f_tied, h_reduce, args.w_reduce)
-            t, out = _timed(lambda: monarch_attention(*cases["iid"], layout, **kw), args.repeats, device)
+            t, out = best_time(lambda: monarch_attention(*cases["iid"], layout, **kw), args.repeats, device)
             err_smooth = rel_l2(monarch_attention(*cases["smooth"], layout, **kw), dense["smooth"])
             name = f"f{args.f_tied} h{h_reduce} w{args.w_reduce} (b1={flops['b1']},b2={flops['b2']})"
             print(f"{name:<22}{t:>10.3f}{dense_time / t:>9.2f}{flops['monarch'] * args.heads / 1e9:>9.1f}"

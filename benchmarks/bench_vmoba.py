@@ -11,49 +11,14 @@ if any of its queries picked any of its key blocks).
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import torch
 import torch.nn.functional as F
 
+from vidattn.benchmarking import best_time, synthetic_qkv
 from vidattn.layout import VideoLayout
 from vidattn.patterns.vmoba import KINDS, build_partition, vmoba_plan
 from vidattn.processors.vmoba import VMoBAConfig, attention_with_plan
-
-
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call (FlexAttention compiles on its first call)."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def synthetic_qkv(layout: VideoLayout, heads: int, head_dim: int, smooth: float, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """(1, heads, N, head_dim) q, k, v: ``smooth`` of a spatio-temporally smooth field (a coarse random grid
-    upsampled trilinearly, so nearby tokens look alike, as in real video models) plus ``1 - smooth`` of iid noise."""
-    g = torch.Generator().manual_seed(seed)
-    f, h, w = layout.grid
-    out = []
-    for _ in range(3):
-        noise = torch.randn(1, heads, layout.total_tokens, head_dim, generator=g)
-        if smooth:
-            coarse = torch.randn(1, heads * head_dim, max(f // 4, 1), max(h // 6, 1), max(w // 8, 1), generator=g)
-            field = F.interpolate(coarse, size=(f, h, w), mode="trilinear", align_corners=True)
-            field = field.view(heads, head_dim, -1).transpose(1, 2).unsqueeze(0)
-            field = field / field.std()
-            start = layout.video_start
-            noise[:, :, start : start + layout.video_tokens] = smooth * field + (1 - smooth) * noise[:, :, start : start + layout.video_tokens]
-        out.append(noise)
-    return tuple(out)
 
 
 def bench_vmoba(
@@ -74,15 +39,15 @@ def bench_vmoba(
     q, k, v = (x.to(dev, dtype) for x in synthetic_qkv(layout, heads, head_dim, smooth, seed))
     rows = []
     with torch.no_grad():
-        dense = _timed(lambda: F.scaled_dot_product_attention(q, k, v), repeats, dev)
+        dense = best_time(lambda: F.scaled_dot_product_attention(q, k, v), repeats, dev)[0]
         rows.append(dict(kind="-", backend="sdpa", select_s=0.0, attention_s=dense, speedup=1.0, token_density=1.0, tile_density=1.0))
         for kind in kinds:
             part = build_partition(layout, kind, config.chunk(kind), dev)
             args = (config.select_mode, config.threshold_type, config.threshold, config.topk_for(kind), config.block_size, config.group_queries)
-            select = _timed(lambda: vmoba_plan(q, k, part, *args), repeats, dev)
+            select = best_time(lambda: vmoba_plan(q, k, part, *args), repeats, dev)[0]
             vplan = vmoba_plan(q, k, part, *args)
             for backend in backends:
-                attention = _timed(lambda: attention_with_plan(q, k, v, vplan, backend=backend), repeats, dev)
+                attention = best_time(lambda: attention_with_plan(q, k, v, vplan, backend=backend), repeats, dev)[0]
                 rows.append(
                     dict(
                         kind=kind, backend=backend, blocks=part.num_blocks, select_s=select, attention_s=attention,

@@ -18,24 +18,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from vidattn.benchmarking import best_time
 from vidattn.layout import VideoLayout
 from vidattn.patterns.window import window_plan
 from vidattn.processors.window import FREESWIM_WINDOW, WindowConfig, window_attention
-
-
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call (FlexAttention compiles on its first call)."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _parse_tile(spec: str) -> tuple[int, int, int] | None:
@@ -72,7 +58,7 @@ def bench_window(
     dense_s = math.nan
     with torch.no_grad():
         if dense and not plan_only:
-            dense_s = _timed(lambda: F.scaled_dot_product_attention(q, k, v), repeats, dev)
+            dense_s = best_time(lambda: F.scaled_dot_product_attention(q, k, v), repeats, dev)[0]
         rows.append(dict(order="-", backend="sdpa", build_s=0.0, attention_s=dense_s, speedup=1.0, token_density=1.0, work=1.0, full=1.0))
         for tile in orders:
             cfg = WindowConfig(**{**config.__dict__, "tile": tile})
@@ -83,7 +69,7 @@ def bench_window(
             info = dict(order="natural" if tile is None else "x".join(map(str, tile)), build_s=build, token_density=wplan.token_density(), work=work, full=wplan.full_share)
             scale = cfg.scale_factor / math.sqrt(head_dim)
             for backend in backends:
-                t = math.nan if plan_only else _timed(lambda: window_attention(q, k, v, wplan, None, backend, scale), repeats, dev)
+                t = math.nan if plan_only else best_time(lambda: window_attention(q, k, v, wplan, None, backend, scale), repeats, dev)[0]
                 rows.append(dict(info, backend=backend, attention_s=t, speedup=dense_s / t))
     return rows
 

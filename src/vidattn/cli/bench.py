@@ -2,48 +2,30 @@
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
 
+from ..benchmarking import best_time, synthetic_qkv
 from ..layout import VideoLayout
 from ..processors.registry import make_processor
 from .params import parse_params
 from .pictures import partition_picture, stack_rows, tiles_picture
 
 
-def _random_qkv(layout: VideoLayout, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    return [torch.randn(1, heads, layout.total_tokens, head_dim, generator=g).to(device, dtype) for _ in range(3)]
-
-
-def _best_time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up: FlexAttention compiles on first use
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def cmd_bench(args) -> None:
     layout = VideoLayout.parse(args.grid)
     device = torch.device(args.device)
     params = parse_params(args.param)
-    q, k, v = _random_qkv(layout, args.heads, args.head_dim, getattr(torch, args.dtype), device)
+    q, k, v = (x.to(device, getattr(torch, args.dtype)) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth))
     with torch.no_grad():
-        dense = _best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), args.repeats, device)
+        dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), args.repeats, device)
         print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}")
         print(f"{'method':<10}{'backend':<9}{'time (ms)':>11}{'dense/x':>9}{'density':>9}")
         print(f"{'sdpa':<10}{'dense':<9}{dense * 1e3:>11.1f}{1.0:>9.2f}{1.0:>9.3f}")
         for backend in args.backends.split(","):
             proc = make_processor(args.method, layout=layout, backend=backend, **params)
-            seconds = _best_time(lambda: proc.attend(q, k, v, layout, None, args.family), args.repeats, device)
+            seconds, _ = best_time(lambda: proc.attend(q, k, v, layout, None, args.family), args.repeats, device)
             density = proc.density(q, k, layout, args.family)
             shown = "n/a" if density is None else f"{density:.3f}"
             print(f"{args.method:<10}{backend:<9}{seconds * 1e3:>11.1f}{dense / seconds:>9.2f}{shown:>9}")

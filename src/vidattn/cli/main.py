@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backends", default="flex,gather", help="comma-separated: flex, gather, dense")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smooth", type=float, default=0.0, help="share of a smooth spatio-temporal field in q/k/v (0 = iid noise)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("mask", help="PNG picture of a method's block mask (VMoBA: its three partitions)")
