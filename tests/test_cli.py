@@ -3,6 +3,7 @@
 import imageio
 import numpy as np
 import pytest
+import torch
 
 from vidattn.cli.main import main
 from vidattn.cli.params import parse_params
@@ -75,3 +76,11 @@ def test_generate_pipelines_write_their_frames(tmp_path, capsys, pipeline):
     main(["generate", "--pipeline", pipeline, *args, "--out", str(out)])
     assert len(imageio.mimread(out)) == frames
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_default_pipeline_is_deterministic():
+    from vidattn.pipelines.default_model import build_default_pipeline
+
+    pipe = build_default_pipeline()
+    first, second = (pipe.encode_prompt("a red circle", do_classifier_free_guidance=False, max_sequence_length=8)[0] for _ in range(2))
+    assert torch.equal(first, second)

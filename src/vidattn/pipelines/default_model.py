@@ -40,6 +40,8 @@ def build_default_pipeline(seed: int = 0) -> WanPipeline:
         text_dim=32, freq_dim=32, ffn_dim=128, num_layers=4, rope_max_seq_len=256,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for module in (text_encoder, vae, transformer):
+        module.eval()  # built modules start in train mode: UMT5's dropout would make prompts random
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=False)
     return pipe
