@@ -66,7 +66,7 @@ def _streaming(args) -> str:
     pipe = StreamingWanPipeline.from_pipe(load_pipeline(args.model))
     written = stream_to_mp4(
         pipe, args.prompt, args.out, args.chunks, attention=HybridConfig(**parse_params(args.param)),
-        height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
+        frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
     )
     return f"{written} frames streamed in {args.chunks} chunks"
 
