@@ -29,6 +29,7 @@ TINY_GRID_ARGS: dict[str, object] = {
     "temporal_chunk": 1,
     "spatial_chunk": (4, 4),
     "st_chunk": (2, 4, 4),
+    "window": (1, 2, 2),  # half-widths (frames, rows, cols): a 3 x 5 x 5 window
 }
 
 
