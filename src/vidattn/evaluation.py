@@ -193,7 +193,7 @@ def evaluate(
         for method in methods:
             config = method_config(method, (method_args or {}).get(method), common)
             apply_method(pipe.transformer, method, **config)
-            generate(pipe, prompts[:1], seeds[0], steps=1, guidance=guidance, **shape)  # warm-up: FlexAttention compiles
+            generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, **shape)  # warm-up at the timed shapes: FlexAttention compiles
             videos, seconds = [], 0.0
             for seed in seeds:
                 v, t = generate(pipe, prompts, seed, steps=steps, guidance=guidance, **shape)
