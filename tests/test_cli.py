@@ -7,16 +7,18 @@ import torch
 
 from vidattn.cli.main import main
 from vidattn.cli.params import parse_params
-from vidattn.cli.video import psnr
+from vidattn.metrics.fidelity import psnr
 
 
 def test_demo_writes_both_videos_and_reports(tmp_path, capsys):
-    main(["demo", "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--param", "block_size=8", "--out", str(tmp_path)])
+    main(["demo", "--frames", "9", "--steps", "2", "--out", str(tmp_path)])
     report = capsys.readouterr().out
     dense = imageio.mimread(tmp_path / "dense.mp4")
     radial = imageio.mimread(tmp_path / "radial.mp4")
-    assert len(dense) == len(radial) == 9
-    assert "PSNR radial vs dense" in report and "speed-up" in report
+    both = imageio.mimread(tmp_path / "side_by_side.mp4")
+    assert len(dense) == len(radial) == len(both) == 9
+    assert both[0].shape[1] == 2 * dense[0].shape[1]
+    assert "radial vs dense: PSNR" in report and "speed-up" in report and "frames show" in report
 
 
 def test_mask_picture(tmp_path, capsys):
@@ -53,7 +55,14 @@ def test_params_parse_yaml_values_and_reject_bad_pairs():
 
 def test_unknown_param_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="unknown radial parameter"):
-        main(["generate", "--frames", "5", "--height", "16", "--width", "16", "--param", "decy=0.2", "--out", str(tmp_path / "x.mp4")])
+        main(["generate", "--frames", "5", "--param", "decy=0.2", "--out", str(tmp_path / "x.mp4")])
+
+
+def test_eval_command_writes_a_report_for_the_chosen_methods(tmp_path, capsys):
+    main(["eval", "--methods", "radial", "--prompts", "1", "--steps", "1", "--out", str(tmp_path)])
+    table = capsys.readouterr().out
+    assert "radial" in table and "dense" in table
+    assert (tmp_path / "report.md").is_file()
 
 
 def test_psnr():

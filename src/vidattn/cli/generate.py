@@ -8,7 +8,8 @@ import torch
 
 from ..processors.registry import apply_method
 from .params import parse_params
-from .video import generate_timed, load_pipeline, psnr, write_mp4
+from ..metrics.fidelity import psnr
+from .video import generate_timed, load_pipeline, write_mp4
 
 PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
 
@@ -25,9 +26,18 @@ def _generator(args) -> torch.Generator:
     return torch.Generator().manual_seed(args.seed)
 
 
+def method_params(method: str, args) -> dict:
+    """``--param`` settings for ``method``; on the embedded model, over settings that suit its 5 x 8 x 8 latent grid."""
+    from ..evaluation import TINY_GRID_ARGS, method_config
+
+    defaults = {"decay": 0.2} if method == "radial" else {}
+    common = {} if args.model else TINY_GRID_ARGS
+    return method_config(method, {**defaults, **parse_params(args.param)}, common)
+
+
 def _text2video(args) -> str:
     pipe = load_pipeline(args.model)
-    apply_method(pipe.transformer, args.method, **parse_params(args.param))
+    apply_method(pipe.transformer, args.method, **method_params(args.method, args))
     frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed)
     write_mp4(frames, args.out)
     return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}"
@@ -76,20 +86,38 @@ def cmd_generate(args) -> None:
     print(f"wrote {args.out}: {run(args)}")
 
 
+def cmd_eval(args) -> None:
+    from ..evaluation import evaluate
+
+    report = evaluate(
+        methods=args.methods.split(",") if args.methods else None, num_prompts=args.prompts,
+        seeds=[int(seed) for seed in args.seeds.split(",")], steps=args.steps, guidance=args.guidance, out=args.out,
+    )
+    print(report.to_markdown())
+    print(f"report, plot and frame strips in {args.out}")
+
+
 def cmd_demo(args) -> None:
+    import numpy as np
+
+    from ..metrics.fidelity import ssim
+    from ..metrics.prompt_accuracy import recover
+
     pipe = load_pipeline(args.model)
     out = Path(args.out)
-    params = {"decay": 0.2} if args.method == "radial" else {}
-    params.update(parse_params(args.param))
     results = {}
-    for method, method_params in (("dense", {}), (args.method, params)):
-        apply_method(pipe.transformer, method, **method_params)
+    for method, params in (("dense", {}), (args.method, method_params(args.method, args))):
+        apply_method(pipe.transformer, method, **params)
         generate = lambda: generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed)  # noqa: E731
         generate()  # warm-up: FlexAttention compiles on first use
         frames, seconds = generate()
         write_mp4(frames, out / f"{method}.mp4")
         results[method] = (frames, seconds)
     (dense, dense_s), (sparse, sparse_s) = results["dense"], results[args.method]
-    print(f"dense : denoising {dense_s:.2f} s -> {out / 'dense.mp4'}")
-    print(f"{args.method}: denoising {sparse_s:.2f} s -> {out / (args.method + '.mp4')}  (speed-up {dense_s / sparse_s:.2f}x)")
-    print(f"PSNR {args.method} vs dense: {psnr(dense, sparse):.2f} dB")
+    write_mp4(np.concatenate([dense, sparse], axis=2), out / "side_by_side.mp4")
+    print(f"prompt: {args.prompt!r}")
+    for name, (frames, seconds) in results.items():
+        seen = recover(frames)
+        print(f"{name:>8}: denoising {seconds:.2f} s -> {out / (name + '.mp4')}  (frames show: {seen.color} shape moving {seen.direction})")
+    print(f"speed-up {args.method} vs dense: {dense_s / sparse_s:.2f}x; side by side: {out / 'side_by_side.mp4'}")
+    print(f"{args.method} vs dense: PSNR {psnr(sparse, dense):.2f} dB, SSIM {ssim(sparse, dense):.3f}")

@@ -7,9 +7,10 @@ import sys
 
 import torch
 
+from ..pipelines.default_model import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_STEPS, DEFAULT_WIDTH
 from ..processors.registry import METHODS
 from .bench import cmd_bench, cmd_mask
-from .generate import PIPELINES, cmd_demo, cmd_generate
+from .generate import PIPELINES, cmd_demo, cmd_eval, cmd_generate
 
 
 def _add_method_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -20,14 +21,14 @@ def _add_method_args(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _add_generation_args(p: argparse.ArgumentParser, frames: int, size: int) -> None:
-    p.add_argument("--model", default=None, help="diffusers Wan model folder (default: the embedded tiny model)")
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="diffusers Wan model folder (default: the embedded trained tiny model)")
     p.add_argument("--prompt", default="a red circle moving right on a black background")
-    p.add_argument("--frames", type=int, default=frames)
-    p.add_argument("--height", type=int, default=size)
-    p.add_argument("--width", type=int, default=size)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
+    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -41,13 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="dense vs a sparse method on the default model: two mp4 files, speed and PSNR")
-    _add_generation_args(p, frames=81, size=256)
+    _add_generation_args(p)
     _add_method_args(p, default="radial")
-    p.set_defaults(steps=4, func=cmd_demo)
+    p.set_defaults(func=cmd_demo)
     p.add_argument("--out", default="outputs/demo")
 
     p = sub.add_parser("generate", help="text-to-video with a chosen attention method or vidattn pipeline")
-    _add_generation_args(p, frames=33, size=128)
+    _add_generation_args(p)
     _add_method_args(p, default="radial")
     p.add_argument("--pipeline", default="text2video", choices=PIPELINES,
                    help="text2video (Wan + --method), broadway (AnimateDiff/ModelScope --model), freeswim, streaming; "
@@ -77,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p, default="radial")
     p.add_argument("--out", default="outputs/mask.png")
     p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("eval", help="every method vs dense on the default model: PSNR/SSIM, prompt accuracy, speed, report")
+    p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
+    p.add_argument("--prompts", type=int, default=20, help="held-out prompts to generate")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--out", default="outputs/eval")
+    p.set_defaults(func=cmd_eval)
 
     from ..training.cache import add_prepare_data_arguments, run_prepare_data
 

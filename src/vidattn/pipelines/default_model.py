@@ -49,6 +49,7 @@ def build_default_pipeline(seed: int = 0) -> WanPipeline:
 
 # What the shipped weights were trained on (configs/default_model.yaml): generate at these settings.
 DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH = 17, 64, 64
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 8, 1.0
 
 
 def default_model_path() -> str:
