@@ -11,7 +11,7 @@ from vidattn.metrics.fidelity import psnr
 
 
 def test_demo_writes_both_videos_and_reports(tmp_path, capsys):
-    main(["demo", "--frames", "9", "--steps", "2", "--out", str(tmp_path)])
+    main(["demo", "--frames", "9", "--steps", "2", "--bench-grid", "3x4x8", "--param", "block_size=16", "--out", str(tmp_path)])
     report = capsys.readouterr().out
     dense = imageio.mimread(tmp_path / "dense.mp4")
     radial = imageio.mimread(tmp_path / "radial.mp4")
@@ -19,6 +19,7 @@ def test_demo_writes_both_videos_and_reports(tmp_path, capsys):
     assert len(dense) == len(radial) == len(both) == 9
     assert both[0].shape[1] == 2 * dense[0].shape[1]
     assert "radial vs dense: PSNR" in report and "speed-up" in report and "frames show" in report
+    assert "attention alone at 3x4x8" in report
 
 
 def test_mask_picture(tmp_path, capsys):

@@ -121,3 +121,25 @@ def cmd_demo(args) -> None:
         print(f"{name:>8}: denoising {seconds:.2f} s -> {out / (name + '.mp4')}  (frames show: {seen.color} shape moving {seen.direction})")
     print(f"speed-up {args.method} vs dense: {dense_s / sparse_s:.2f}x; side by side: {out / 'side_by_side.mp4'}")
     print(f"{args.method} vs dense: PSNR {psnr(sparse, dense):.2f} dB, SSIM {ssim(sparse, dense):.3f}")
+    if args.bench_grid:
+        _demo_attention_bench(args)
+
+
+def _demo_attention_bench(args) -> None:
+    """At a few hundred tokens attention is a small share of the work; show the method where it is most of it."""
+    import torch
+
+    from ..benchmarking import best_time, synthetic_qkv
+    from ..layout import VideoLayout
+    from ..processors.registry import make_processor
+
+    layout = VideoLayout.parse(args.bench_grid)
+    params = {"decay": 0.2} if args.method == "radial" else {}
+    params.update(parse_params(args.param))
+    proc = make_processor(args.method, layout=layout, **params)
+    q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
+    with torch.no_grad():
+        dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
+        sparse, _ = best_time(lambda: proc.attend(q, k, v, layout, None, "wan"), 1, torch.device("cpu"))
+    print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128): dense SDPA {dense:.2f} s, "
+          f"{args.method} {sparse:.2f} s ({dense / sparse:.2f}x)")

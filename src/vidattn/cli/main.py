@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p, default="radial")
     p.set_defaults(func=cmd_demo)
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--bench-grid", default="21x30x52", help="also time attention alone at this latent grid (Wan 480p); '' to skip")
 
     p = sub.add_parser("generate", help="text-to-video with a chosen attention method or vidattn pipeline")
     _add_generation_args(p)
