@@ -56,7 +56,7 @@ def test_params_parse_yaml_values_and_reject_bad_pairs():
 
 def test_unknown_param_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="unknown radial parameter"):
-        main(["generate", "--frames", "5", "--param", "decy=0.2", "--out", str(tmp_path / "x.mp4")])
+        main(["generate", "--attention", "radial", "--frames", "5", "--param", "decy=0.2", "--out", str(tmp_path / "x.mp4")])
 
 
 def test_eval_command_writes_a_report_for_the_chosen_methods(tmp_path, capsys):

@@ -14,7 +14,7 @@ from .generate import PIPELINES, cmd_demo, cmd_eval, cmd_generate
 
 
 def _add_method_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--method", default=default, choices=sorted(METHODS), help="attention method")
+    p.add_argument("--method", "--attention", dest="method", default=default, choices=sorted(METHODS), help="attention method")
     p.add_argument(
         "--param", action="append", metavar="KEY=VALUE",
         help="method setting, repeatable (e.g. --param decay=0.2 --param block_size=64 --param dense_steps=2)",

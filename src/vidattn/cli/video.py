@@ -12,10 +12,13 @@ def load_pipeline(model: str | None):
     if model:
         from diffusers import WanPipeline
 
-        return WanPipeline.from_pretrained(model)
-    from ..pipelines.default_model import load_default_pipeline
+        pipe = WanPipeline.from_pretrained(model)
+    else:
+        from ..pipelines.default_model import load_default_pipeline
 
-    return load_default_pipeline()
+        pipe = load_default_pipeline()
+    pipe.set_progress_bar_config(disable=False)
+    return pipe
 
 
 def generate_timed(pipe, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, float]:
