@@ -245,7 +245,6 @@ def _processor_types(transformer):
 
 
 def test_freeswim_end_to_end_t2v_with_the_window_method(wan_pipe):
-    pytest.importorskip("vidattn.processors.window")
     before = _processor_types(wan_pipe.transformer)
     fs = FreeSwimPipeline.from_pipe(wan_pipe, base_size=(32, 32), backend="dense")  # window (all frames, 1, 1)
     video = fs("a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=4, strength=0.75, base_num_inference_steps=1,
