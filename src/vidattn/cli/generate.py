@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from ..metrics.fidelity import psnr
 from ..processors.registry import apply_method
 from .params import parse_params
-from ..metrics.fidelity import psnr
 from .video import generate_timed, load_pipeline, write_mp4
 
 PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
@@ -26,13 +26,14 @@ def _generator(args) -> torch.Generator:
     return torch.Generator().manual_seed(args.seed)
 
 
-def method_params(method: str, args) -> dict:
-    """``--param`` settings for ``method``; on the embedded model, over settings that suit its 5 x 8 x 8 latent grid."""
+def method_params(method: str, args, tiny_grid: bool | None = None) -> dict:
+    """``--param`` settings for ``method`` (radial: decay 0.2 unless set); on the embedded model (``tiny_grid``), over
+    settings that suit its 5 x 8 x 8 latent grid."""
     from ..evaluation import TINY_GRID_ARGS, method_config
 
     defaults = {"decay": 0.2} if method == "radial" else {}
-    common = {} if args.model else TINY_GRID_ARGS
-    return method_config(method, {**defaults, **parse_params(args.param)}, common)
+    tiny_grid = not args.model if tiny_grid is None else tiny_grid
+    return method_config(method, {**defaults, **parse_params(args.param)}, TINY_GRID_ARGS if tiny_grid else {})
 
 
 def _text2video(args) -> str:
@@ -134,9 +135,7 @@ def _demo_attention_bench(args) -> None:
     from ..processors.registry import make_processor
 
     layout = VideoLayout.parse(args.bench_grid)
-    params = {"decay": 0.2} if args.method == "radial" else {}
-    params.update(parse_params(args.param))
-    proc = make_processor(args.method, layout=layout, **params)
+    proc = make_processor(args.method, layout=layout, **method_params(args.method, args, tiny_grid=False))
     q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
     with torch.no_grad():
         dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
