@@ -32,6 +32,10 @@ TINY_GRID_ARGS: dict[str, object] = {
     "window": (1, 2, 2),  # half-widths (frames, rows, cols): a 3 x 5 x 5 window
 }
 
+# The default model was trained on prompts padded to 16 text tokens (configs/default_model.yaml): WanPipeline's
+# own 512 would drown the ~10 real tokens in zero padding. Harmless for other pipelines (prompts are short).
+DEFAULT_MAX_SEQUENCE_LENGTH = 16
+
 
 def held_out_prompts(n: int = 20) -> list[str]:
     """``n`` captions cycling through every colour x direction pair (20 = each pair once), shapes in turn."""
@@ -55,12 +59,13 @@ def method_config(method: str, method_args: dict | None = None, common: dict | N
     return args
 
 
-def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: int, width: int, steps: int, guidance: float = 1.0):
+def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: int, width: int, steps: int,
+             guidance: float = 1.0, max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH):
     """Frames (B, F, H, W, 3) in [0, 1] for ``prompts`` and the seconds spent denoising (VAE decode excluded)."""
     start = time.perf_counter()
     latents = pipe(
         list(prompts), num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-        output_type="latent", generator=torch.Generator().manual_seed(seed),
+        output_type="latent", generator=torch.Generator().manual_seed(seed), max_sequence_length=max_sequence_length,
     ).frames
     seconds = time.perf_counter() - start
     with torch.no_grad():

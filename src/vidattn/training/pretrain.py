@@ -34,16 +34,19 @@ class VAESettings:
     z_dim: int = 8
     dim_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
     num_res_blocks: int = 1
-    steps: int = 700
-    batch_size: int = 4
+    steps: int = 1200
+    batch_size: int = 6
     clip_frames: int = 9
     crop: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     kl_weight: float = 1e-6
     foreground_weight: float = 8.0
     latent_hint_weight: float = 1.0
-    decoder_steps: int = 1500
+    decoder_steps: int = 0
     decoder_learning_rate: float = 1e-3
+    crop_on_shape: bool = True     # centre each crop near the shape (every crop shows one) instead of anywhere
+    hint_foreground_weight: float = 8.0  # extra latent-hint weight on cells the shape covers (colour must survive)
+    warmup: int = 50
 
 
 @dataclass
@@ -56,12 +59,14 @@ class TransformerSettings:
     rope_max_seq_len: int = 256
     num_videos: int = 480
     position_jitter: float = 0.2
-    steps: int = 1500
+    steps: int = 4500
     batch_size: int = 16
     learning_rate: float = 1e-3
     shift: float = 3.0
-    caption_dropout: float = 0.0
+    caption_dropout: float = 0.1
     ema_decay: float = 0.995
+    max_sequence_length: int = 16  # text tokens the prompts are padded to; generate with the same value
+    warmup: int = 100
 
 
 @dataclass
@@ -222,7 +227,7 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
     rng = np.random.default_rng([cfg.seed, 1, step])
     vae.train()
     while step < total:
-        lr = base_lr * 0.5 * (1 + np.cos(np.pi * step / total))
+        lr = base_lr * min(1.0, (step + 1) / max(v.warmup, 1)) * 0.5 * (1 + np.cos(np.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
         clips, backgrounds = [], []
@@ -232,6 +237,12 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
             backgrounds.append(COLORS[sample.background])
             f0 = int(rng.integers(cfg.frames - v.clip_frames + 1))
             y0, x0 = (int(rng.integers(s - v.crop + 1)) for s in (cfg.height, cfg.width))
+            if v.crop_on_shape:
+                mid = video[f0 + v.clip_frames // 2]
+                ys, xs = np.nonzero(np.abs(mid - np.asarray(COLORS[sample.background])).max(-1) > 0.1)
+                if len(xs):
+                    y0, x0 = (int(np.clip(round(c) - v.crop // 2 + rng.integers(-v.crop // 4, v.crop // 4 + 1), 0, s - v.crop))
+                              for c, s in ((ys.mean(), cfg.height), (xs.mean(), cfg.width)))
             clips.append(video[f0 : f0 + v.clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
         x = to_pixels(np.stack(clips))
         posterior = vae.encode(x).latent_dist
@@ -244,7 +255,9 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + v.kl_weight * kl
         if not decoder_only:
-            loss = loss + v.latent_hint_weight * torch.nn.functional.mse_loss(latents[:, :4], latent_hint(x, foreground))
+            hint = latent_hint(x, foreground)
+            cell_weight = 1 + v.hint_foreground_weight * (hint[:, 3:4] + 1) / 2  # coverage in [0, 1]
+            loss = loss + v.latent_hint_weight * (cell_weight * (latents[:, :4] - hint) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -296,8 +309,8 @@ def train_transformer(cfg: PretrainConfig, work: Path) -> None:
     pipe = _text_pipeline(cfg)
     unique = sorted(set(meta["captions"])) + [""]
     with torch.no_grad():
-        # 512: what WanPipeline.__call__ pads to (encode_prompt's own default is 226)
-        embeds, _ = pipe.encode_prompt(unique, do_classifier_free_guidance=False, max_sequence_length=512, device="cpu")
+        # WanPipeline.__call__ pads to max_sequence_length (default 512): generate with the value trained here
+        embeds, _ = pipe.encode_prompt(unique, do_classifier_free_guidance=False, max_sequence_length=t.max_sequence_length, device="cpu")
     caption_index = torch.tensor([unique.index(c) for c in meta["captions"]])
     transformer = build_transformer(cfg)
     for bias in padding_biases(transformer):
@@ -313,7 +326,7 @@ def train_transformer(cfg: PretrainConfig, work: Path) -> None:
         step = state["step"]
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     transformer.train()
-    warmup = 100
+    warmup = t.warmup
     while step < t.steps:
         lr = t.learning_rate * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / t.steps))
         for group in opt.param_groups:
