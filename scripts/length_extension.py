@@ -39,7 +39,10 @@ def load(path: str) -> dict:
 
 
 def write_clips(cfg: dict, folder: Path) -> Path:
-    """``clips`` shapes videos of ``frames`` frames as GIFs and a captions.jsonl; returns the jsonl."""
+    """``clips`` shapes videos of ``frames`` frames as lossless FFV1 .mkv files and a captions.jsonl; returns the jsonl.
+
+    (Not GIF: Pillow merges identical consecutive frames, so slowly moving shapes lose frames.)
+    """
     import imageio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,8 +51,12 @@ def write_clips(cfg: dict, folder: Path) -> Path:
     lines = []
     for i in range(len(data)):
         sample = data[i]
-        imageio.mimsave(folder / f"clip{i:04d}.gif", list((sample.video * 255).round().astype(np.uint8)), duration=0.1)
-        lines.append(json.dumps({"video": f"clip{i:04d}.gif", "caption": sample.caption}))
+        writer = imageio.get_writer(str(folder / f"clip{i:04d}.mkv"), fps=8, codec="ffv1", pixelformat="bgr0", macro_block_size=1,
+                                    ffmpeg_log_level="error")
+        for frame in (sample.video * 255).round().astype(np.uint8):
+            writer.append_data(frame)
+        writer.close()
+        lines.append(json.dumps({"video": f"clip{i:04d}.mkv", "caption": sample.caption}))
     captions = folder / "captions.jsonl"
     captions.write_text("\n".join(lines) + "\n")
     return captions
