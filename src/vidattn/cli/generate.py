@@ -26,6 +26,13 @@ def _generator(args) -> torch.Generator:
     return torch.Generator().manual_seed(args.seed)
 
 
+def _text_tokens(args) -> int:
+    """Prompt length: the embedded model was trained on 16-token prompts; diffusers' Wan default is 512."""
+    from ..evaluation import DEFAULT_MAX_SEQUENCE_LENGTH
+
+    return 512 if args.model else DEFAULT_MAX_SEQUENCE_LENGTH
+
+
 def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: bool = True) -> dict:
     """``--param`` settings for ``method``. Radial defaults to the paper's decay 0.2 and, with ``warm_up``, its dense
     warm-up (12 of 50 steps, here a quarter of ``--steps``). On the embedded model (``tiny_grid``) they go over
@@ -42,7 +49,7 @@ def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: boo
 def _text2video(args) -> str:
     pipe = load_pipeline(args.model)
     apply_method(pipe.transformer, args.method, **method_params(args.method, args))
-    frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed)
+    frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))
     write_mp4(frames, args.out)
     return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}"
 
@@ -68,6 +75,7 @@ def _freeswim(args) -> str:
     frames = freeswim(
         args.prompt, height=args.height, width=args.width, num_frames=args.frames, strength=args.strength,
         cache_steps=args.cache_steps, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=_generator(args),
+        max_sequence_length=_text_tokens(args),
     ).frames[0]
     write_mp4(frames, args.out)
     return f"{len(frames)} frames, FreeSwim {base[0]}x{base[1]} -> {args.height}x{args.width}, full passes {freeswim.last_stats}"
@@ -81,6 +89,7 @@ def _streaming(args) -> str:
     written = stream_to_mp4(
         pipe, args.prompt, args.out, args.chunks, attention=HybridConfig(**parse_params(args.param)),
         frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
+        max_sequence_length=_text_tokens(args),
     )
     return f"{written} frames streamed in {args.chunks} chunks"
 
@@ -112,7 +121,7 @@ def cmd_demo(args) -> None:
     results = {}
     for method, params in (("dense", {}), (args.method, method_params(args.method, args))):
         apply_method(pipe.transformer, method, **params)
-        generate = lambda: generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed)  # noqa: E731
+        generate = lambda: generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))  # noqa: E731
         generate()  # warm-up: FlexAttention compiles on first use
         frames, seconds = generate()
         write_mp4(frames, out / f"{method}.mp4")

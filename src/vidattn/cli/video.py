@@ -21,11 +21,15 @@ def load_pipeline(model: str | None):
     return pipe
 
 
-def generate_timed(pipe, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, float]:
+def generate_timed(
+    pipe, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float, seed: int, text_tokens: int
+) -> tuple[np.ndarray, float]:
     """Frames (F, H, W, 3) in [0, 1] and the seconds spent denoising (what attention changes; the VAE decode is excluded)."""
     from ..evaluation import generate
 
-    videos, seconds = generate(pipe, [prompt], seed, frames=frames, height=height, width=width, steps=steps, guidance=guidance)
+    videos, seconds = generate(
+        pipe, [prompt], seed, frames=frames, height=height, width=width, steps=steps, guidance=guidance, max_sequence_length=text_tokens
+    )
     return videos[0], seconds
 
 
