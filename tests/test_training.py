@@ -17,8 +17,6 @@ from safetensors.torch import load_file
 
 from vidattn.layout import VideoLayout
 from vidattn.pipelines.default_model import build_default_pipeline
-from vidattn.processors.radial import RadialAttnProcessor
-from vidattn.processors.vmoba import VMoBAAttnProcessor
 from vidattn.training.cache import CachedLatentDataset, prepare_data
 from vidattn.training.config import TrainConfig
 from vidattn.training.dataset import BucketBatchSampler, VideoClipDataset, choose_bucket, frame_indices

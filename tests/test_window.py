@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import cogvideox_inputs, hunyuan_inputs, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_inputs
+from tiny_models import cogvideox_inputs, hunyuan_inputs, run_with_processor, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_inputs
 
 from vidattn.kernels.block_sparse import dense_token_mask
 from vidattn.layout import VideoLayout
 from vidattn.patterns.window import WindowPattern, window_extents, window_plan
-from vidattn.processors import VideoAttnProcessor, video_attention_layers
+from vidattn.processors import VideoAttnProcessor
 from vidattn.processors.window import (
     FREESWIM_SCALE_FACTOR,
     WindowAttnProcessor,
@@ -229,13 +229,6 @@ class NaiveWindowReference(VideoAttnProcessor):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scale_factor / math.sqrt(query.shape[-1]))
 
 
-def run(model, inputs, make):
-    for _, module, _ in video_attention_layers(model):
-        module.set_processor(make())
-    with torch.no_grad():
-        return model(**inputs)[0]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_processors_equal_masked_sdpa_reference(family):
     build, make_inputs, layout = FAMILIES[family]
@@ -243,8 +236,8 @@ def test_family_processors_equal_masked_sdpa_reference(family):
     with torch.no_grad():
         stock = model(**inputs)[0]
     tile = (1, 2, 2) if family in ("hunyuan", "cogvideox-5b") else None
-    ref = run(model, inputs, lambda: NaiveWindowReference((1, 1, 1), True, FREESWIM_SCALE_FACTOR, layout=layout))
-    out = run(model, inputs, lambda: WindowAttnProcessor(tile=tile, layout=layout, **SMALL))
+    ref = run_with_processor(model, inputs, lambda: NaiveWindowReference((1, 1, 1), True, FREESWIM_SCALE_FACTOR, layout=layout))
+    out = run_with_processor(model, inputs, lambda: WindowAttnProcessor(tile=tile, layout=layout, **SMALL))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert (out - stock).abs().max() > 1e-4, "a 3x3x3 window should differ from full attention on this grid"
 

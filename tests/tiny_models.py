@@ -68,3 +68,13 @@ def cogvideox_inputs(rope: bool, batch=2, frames=3, height=8, width=10, text=7, 
     if rope:
         inputs["image_rotary_emb"] = get_3d_rotary_pos_embed(16, ((0, 0), (height // 2, width // 2)), (height // 2, width // 2), frames)
     return inputs
+
+
+def run_with_processor(model, inputs: dict, make) -> torch.Tensor:
+    """The model's output with ``make()`` (a fresh processor) on every video self-attention layer."""
+    from vidattn.processors import video_attention_layers
+
+    for _, module, _ in video_attention_layers(model):
+        module.set_processor(make())
+    with torch.no_grad():
+        return model(**inputs)[0]
