@@ -94,3 +94,14 @@ def test_default_pipeline_is_deterministic():
     pipe = build_default_pipeline()
     first, second = (pipe.encode_prompt("a red circle", do_classifier_free_guidance=False, max_sequence_length=8)[0] for _ in range(2))
     assert torch.equal(first, second)
+
+
+def test_sizes_need_exactly_their_parts(tmp_path):
+    from vidattn.layout import parse_dims
+
+    assert parse_dims("480x832", "HEIGHTxWIDTH", "480x832", "--bucket") == (480, 832)
+    for bad in ("480", "480x832x3", "axb"):
+        with pytest.raises(ValueError, match="--bucket must look like HEIGHTxWIDTH"):
+            parse_dims(bad, "HEIGHTxWIDTH", "480x832", "--bucket")
+    with pytest.raises(SystemExit, match="--base-size must look like HEIGHTxWIDTH"):
+        main(["generate", "--pipeline", "freeswim", "--base-size", "64", "--out", str(tmp_path / "x.mp4")])

@@ -59,12 +59,19 @@ class VideoLayout:
     @classmethod
     def parse(cls, spec: str) -> "VideoLayout":
         """Parse ``"FxHxW"`` (e.g. ``"21x30x52"``) as used on the command line."""
-        try:
-            frames, height, width = (int(part) for part in spec.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"grid must look like FxHxW (e.g. 21x30x52), got {spec!r}") from None
-        return cls(frames, height, width)
+        return cls(*parse_dims(spec, "FxHxW", "21x30x52", "grid"))
 
     def __str__(self) -> str:
         text = f"+{self.text} text ({self.text_position})" if self.text else ""
         return f"{self.frames}x{self.height}x{self.width}{text}"
+
+
+def parse_dims(spec: str, names: str, example: str, name: str) -> tuple[int, ...]:
+    """Sizes such as ``"21x30x52"`` from the command line: as many ints as ``names`` (e.g. ``"FxHxW"``) has parts."""
+    try:
+        dims = tuple(int(part) for part in spec.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != len(names.split("x")):
+        raise ValueError(f"{name} must look like {names} (e.g. {example}), got {spec!r}")
+    return dims

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import torch
 
+from ..layout import parse_dims
 from ..metrics.fidelity import psnr
 from ..processors.registry import apply_method
 from .params import parse_params
 from .video import generate_timed, load_pipeline, write_mp4
 
 PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
-
-
-def _size(text: str, name: str) -> tuple[int, int]:
-    try:
-        height, width = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"{name} must look like HEIGHTxWIDTH in pixels (e.g. 480x832), got {text!r}") from None
-    return height, width
 
 
 def _generator(args) -> torch.Generator:
@@ -70,7 +63,7 @@ def _broadway(args) -> str:
 def _freeswim(args) -> str:
     from ..pipelines.freeswim import FreeSwimPipeline
 
-    base = _size(args.base_size, "--base-size")
+    base = parse_dims(args.base_size, "HEIGHTxWIDTH", "480x832", "--base-size")
     freeswim = FreeSwimPipeline.from_pipe(load_pipeline(args.model), base_size=base, **parse_params(args.param))
     frames = freeswim(
         args.prompt, height=args.height, width=args.width, num_frames=args.frames, strength=args.strength,

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from ..pipelines.default_model import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_STEPS, DEFAULT_WIDTH
+from ..processors.families import FAMILIES
 from ..processors.registry import METHODS
 from .bench import cmd_bench, cmd_mask
 from .generate import PIPELINES, cmd_demo, cmd_eval, cmd_generate
@@ -34,7 +35,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 def _add_tensor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", default="21x30x52", help="latent tokens FxHxW")
-    p.add_argument("--family", default="wan", choices=["wan", "hunyuan", "cogvideox"])
+    p.add_argument("--family", default="wan", choices=FAMILIES)
 
 
 def build_parser() -> argparse.ArgumentParser:

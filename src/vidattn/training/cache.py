@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..layout import parse_dims
 from .dataset import VideoClipDataset
 
 CACHE_VERSION = 1
@@ -195,12 +196,7 @@ def add_prepare_data_arguments(parser) -> None:
 
 def run_prepare_data(args) -> int:
     """Run :func:`prepare_data` from parsed :func:`add_prepare_data_arguments` options; prints a summary."""
-    buckets = None
-    if args.bucket:
-        try:
-            buckets = [tuple(int(v) for v in b.lower().split("x")) for b in args.bucket]
-        except ValueError:
-            raise ValueError(f"--bucket must look like 480x832, got {args.bucket}") from None
+    buckets = [parse_dims(b, "HEIGHTxWIDTH", "480x832", "--bucket") for b in args.bucket] if args.bucket else None
     report = prepare_data(
         args.videos, args.captions, args.model, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
         buckets=buckets, frame_stride=args.frame_stride, max_sequence_length=args.max_sequence_length,
