@@ -11,7 +11,7 @@ The stream is driven by a :class:`StreamState` (current chunk, commit pass) that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from ..kernels import BACKENDS, block_sparse_attention
 from ..kernels.linear_state import LinearAttentionState, linear_readout, relu_feature, update_linear_state
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
-from .base import VideoAttnProcessor
+from .base import VideoAttnProcessor, config_with_overrides
 from .families import _wan_rope, detect_family, is_video_self_attention, project
 from .install import install_processors, remove_processors
 
@@ -243,12 +243,7 @@ class HybridAttnProcessor(VideoAttnProcessor):
         context: AttentionContext | None = None,
         **overrides,
     ) -> None:
-        config = config or HybridConfig()
-        if overrides:
-            unknown = set(overrides) - set(HybridConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown HybridAttnProcessor argument(s) {sorted(unknown)}; allowed: {sorted(HybridConfig.__dataclass_fields__)}")
-            config = replace(config, **overrides)
+        config = config_with_overrides(HybridConfig, config, overrides, "HybridAttnProcessor")
         super().__init__(family="wan", layout=layout, layer_idx=layer_idx, context=context)
         self.config = config
         self.state = state if state is not None else StreamState(config)
