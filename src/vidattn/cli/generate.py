@@ -27,16 +27,18 @@ def _text_tokens(args) -> int:
 
 
 def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: bool = True) -> dict:
-    """``--param`` settings for ``method``. Radial defaults to the paper's decay 0.2 and, with ``warm_up``, its dense
-    warm-up (12 of 50 steps, here a quarter of ``--steps``). On the embedded model (``tiny_grid``) they go over
-    settings that suit its 5 x 8 x 8 latent grid."""
-    from ..evaluation import TINY_GRID_ARGS, method_config
+    """``--param`` settings over the method's registry defaults for generation (radial: the paper's decay 0.2 and,
+    with ``warm_up``, a quarter of ``--steps`` dense). On the embedded model (``tiny_grid``) they go over settings that
+    suit its 5 x 8 x 8 latent grid."""
+    from ..evaluation import method_config
+    from ..processors.registry import get_method
 
-    defaults = {}
-    if method == "radial":
-        defaults = {"decay": 0.2, "dense_steps": args.steps // 4} if warm_up else {"decay": 0.2}
+    entry = get_method(method)
+    defaults = dict(entry.generate)
+    if warm_up and entry.warm_up:
+        defaults["dense_steps"] = int(args.steps * entry.warm_up)
     tiny_grid = not args.model if tiny_grid is None else tiny_grid
-    return method_config(method, {**defaults, **parse_params(args.param)}, TINY_GRID_ARGS if tiny_grid else {})
+    return method_config(method, {**defaults, **parse_params(args.param)}, tiny_grid=tiny_grid)
 
 
 def _text2video(args) -> str:
@@ -141,7 +143,7 @@ def _demo_attention_bench(args) -> None:
 
     layout = VideoLayout.parse(args.bench_grid)
     params = method_params(args.method, args, tiny_grid=False, warm_up=False)
-    warm_up = ("dense_steps", "dense_layers", "first_sparse_layer")  # no steps or layers when timing attention alone
+    warm_up = ("dense_steps", "dense_layers")  # no steps or layers when timing attention alone
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
     q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
     with torch.no_grad():

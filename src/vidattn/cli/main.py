@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backends", default="flex,gather", help="comma-separated: flex, gather, dense")
+    p.add_argument("--backends", default=None, help="comma-separated, e.g. flex,gather,dense (default: the method's kernels)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smooth", type=float, default=0.0, help="share of a smooth spatio-temporal field in q/k/v (0 = iid noise)")
     p.set_defaults(func=cmd_bench)

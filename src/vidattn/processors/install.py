@@ -1,4 +1,5 @@
-"""Install a method's processors on a transformer's video self-attention layers, with the context hook."""
+"""Install a method's processors on the video self-attention layers of a transformer or of every transformer of a
+pipeline (Wan 2.2's ``transformer`` and ``transformer_2``), with one shared step context."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import torch
 
 from ..context import AttentionContext, attach_context, detach_context
 from .families import detect_family, stock_processor
+
+
+def transformers_of(target) -> list[torch.nn.Module]:
+    """The transformers to install on: ``target`` itself if it is a module, else a pipeline's ``transformer*``
+    components in name order (``transformer``, ``transformer_2``)."""
+    if isinstance(target, torch.nn.Module):
+        return [target]
+    components = getattr(target, "components", None)
+    if isinstance(components, dict):
+        found = [m for name, m in sorted(components.items()) if name.startswith("transformer") and isinstance(m, torch.nn.Module)]
+        if found:
+            return found
+    raise ValueError(
+        f"expected a diffusers transformer or a pipeline with a transformer, got {type(target).__name__} "
+        "(UNet pipelines such as AnimateDiff take BroadWay, not the attention methods)"
+    )
 
 
 def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
@@ -30,25 +47,23 @@ def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torc
     return layers
 
 
-def install_processors(transformer: torch.nn.Module, make_processor: Callable[[int, str, AttentionContext], object]) -> AttentionContext:
-    """Attach the context hook and give layer i the processor ``make_processor(i, family, context)``."""
-    layers = video_attention_layers(transformer)
-    context = attach_context(transformer)
-    for index, (_, module, family) in enumerate(layers):
-        module.set_processor(make_processor(index, family, context))
+def install_processors(target, make_processor: Callable[[int, str, AttentionContext], object]) -> AttentionContext:
+    """Attach one step context to every transformer of ``target`` and give layer i the processor
+    ``make_processor(i, family, context)``. Sharing the context makes ``dense_steps`` count pipeline steps,
+    also across Wan 2.2's switch from ``transformer`` to ``transformer_2``."""
+    transformers = transformers_of(target)
+    layers = [video_attention_layers(t) for t in transformers]  # every check before anything is changed
+    context = AttentionContext()
+    for transformer, modules in zip(transformers, layers):
+        attach_context(transformer, context)
+        for index, (_, module, family) in enumerate(modules):
+            module.set_processor(make_processor(index, family, context))
     return context
 
 
-def install_configured(transformer: torch.nn.Module, processor_class: Callable[..., object], config: object) -> AttentionContext:
-    """``processor_class(config)`` on every video self-attention layer, all sharing one plan cache, plus the step hook."""
-    plan_cache: dict = {}
-    return install_processors(
-        transformer, lambda index, family, context: processor_class(config, layer_idx=index, context=context, plan_cache=plan_cache)
-    )
-
-
-def remove_processors(transformer: torch.nn.Module) -> None:
-    """Undo :func:`install_processors`: stock processors back on the video layers and the hook removed."""
-    for _, module, family in video_attention_layers(transformer):
-        module.set_processor(stock_processor(family))
-    detach_context(transformer)
+def remove_processors(target) -> None:
+    """Undo :func:`install_processors`: stock processors back on the video layers and the hooks removed."""
+    for transformer in transformers_of(target):
+        for _, module, family in video_attention_layers(transformer):
+            module.set_processor(stock_processor(family))
+        detach_context(transformer)

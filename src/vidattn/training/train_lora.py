@@ -20,8 +20,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..processors.install import install_processors
-from ..processors.registry import METHODS, make_processor
+from ..processors.registry import apply_method
 from .cache import CachedLatentDataset, default_model_folder
 from .config import TrainConfig
 from .dataset import BucketBatchSampler
@@ -64,26 +63,13 @@ def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn
     return AutoModel.from_pretrained(str(path), torch_dtype=dtype)
 
 
-def dense_layer_argument(method: str) -> str:
-    """The config field through which ``method`` keeps its first n layers dense (VMoBA: ``first_sparse_layer``)."""
-    entry = METHODS[method]
-    fields = set(getattr(entry.config, "__dataclass_fields__", ()))
-    return "first_sparse_layer" if "dense_layers" not in fields and "first_sparse_layer" in fields else "dense_layers"
-
-
 def install_method(transformer: torch.nn.Module, method: str, method_args: dict, dense_layers: int):
     """Put ``method``'s processor on every video self-attention layer (the first ``dense_layers`` stay dense)."""
     if method == "none":
         return None
-    argument = dense_layer_argument(method)
-    if argument in method_args:
-        raise ValueError(f"set dense_layers at the top level of the training config, not method_args.{argument}")
-    plan_cache: dict = {}
-
-    def make(index: int, family: str, context) -> object:
-        return make_processor(method, layer_idx=index, context=context, plan_cache=plan_cache, **{argument: dense_layers}, **method_args)
-
-    return install_processors(transformer, make)
+    if "dense_layers" in method_args:
+        raise ValueError("set dense_layers at the top level of the training config, not method_args.dense_layers")
+    return apply_method(transformer, method, **{**method_args, "dense_layers": dense_layers})
 
 
 def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> list[str]:
