@@ -241,3 +241,38 @@ def test_registry_refuses_bad_entries(toy):
         Method("toy2", ToyAttnProcessor, "x", tiny_grid={"decay": 1})
     with pytest.raises(ValueError, match="method must be one of"):
         apply_method(torch.nn.Linear(2, 2), "nope")
+
+
+# --- one call per pipeline: Wan 2.2 A14B's two experts share one step context --------------------------------------
+def test_pipeline_install_covers_both_experts_and_counts_pipeline_steps():
+    import copy
+
+    from diffusers import WanPipeline
+
+    from vidattn.pipelines.default_model import build_default_pipeline
+    from vidattn.processors import RadialAttnProcessor, RadialConfig, apply_radial_attention
+
+    base = build_default_pipeline()
+    pipe = WanPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, transformer=base.transformer,
+                       transformer_2=copy.deepcopy(base.transformer), boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    context = apply_radial_attention(pipe, RadialConfig(decay=0.5, block_size=16, dense_steps=2, backend="dense"))
+    seen: dict[str, set[int]] = {"transformer": set(), "transformer_2": set()}
+    for name in seen:
+        procs = [m.processor for n, m in getattr(pipe, name).named_modules() if n.endswith("attn1")]
+        assert procs and all(isinstance(p, RadialAttnProcessor) and p.context is context for p in procs)
+        for p in procs:
+            def record(*args, _attend=p.attend, _name=name, **kwargs):
+                seen[_name].add(context.step)
+                return _attend(*args, **kwargs)
+            p.attend = record
+    steps = 6
+    pipe("a red circle moving right", num_frames=5, height=32, width=32, num_inference_steps=steps, guidance_scale=1.0,
+         max_sequence_length=16, output_type="latent", generator=torch.Generator().manual_seed(0))
+    # One count over both experts (a restart at the switch would make the second expert's first steps dense).
+    assert seen["transformer"] and seen["transformer_2"] and not (seen["transformer"] & seen["transformer_2"])
+    assert seen["transformer"] | seen["transformer_2"] == set(range(2, steps))  # steps 0-1 dense, in whichever expert
+    remove_processors(pipe)
+    for name in seen:
+        assert all(type(m.processor).__name__ == "WanAttnProcessor" for n, m in getattr(pipe, name).named_modules() if n.endswith("attn1"))
+        assert getattr(pipe, name)._diffusers_hook.get_hook("vidattn_context") is None
