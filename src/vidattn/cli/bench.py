@@ -14,6 +14,14 @@ from .pictures import partition_picture, stack_rows, tiles_picture
 
 
 def cmd_bench(args) -> None:
+    if args.suite:
+        from ..bench_suite import run_suite
+
+        methods = args.methods.split(",") if args.methods else None
+        report = run_suite(args.suite, args.out, methods=methods, device=None if args.suite == "gpu" else "cpu")
+        print(report.to_markdown())
+        print(f"wrote {args.out}/bench.json and bench.md")
+        return
     layout = VideoLayout.parse(args.grid)
     device = torch.device(args.device)
     params = parse_params(args.param)

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None, help="comma-separated, e.g. flex,gather,dense (default: the method's kernels)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smooth", type=float, default=0.0, help="share of a smooth spatio-temporal field in q/k/v (0 = iid noise)")
+    p.add_argument("--suite", choices=("cpu", "gpu"), default=None,
+                   help="run a whole suite instead (every method, real model sizes, end to end) and write bench.json + bench.md")
+    p.add_argument("--methods", default=None, help="--suite: comma-separated methods (default: every registered method)")
+    p.add_argument("--out", default="outputs/bench", help="--suite: output folder")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("mask", help="PNG picture of a method's block mask (VMoBA: its three partitions)")
