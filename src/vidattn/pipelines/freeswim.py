@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..processors.cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
+from ..latents import denormalise_latents, latent_stats, normalise_latents
+from .cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
@@ -96,15 +97,13 @@ class FreeSwimPipeline:
     def upsample(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode normalised stage-1 latents, resize every frame bilinearly, re-encode (FreeSwim resizes pixels)."""
         vae = self.pipe.vae
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-        video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0].clamp(-1, 1)
+        video = vae.decode(denormalise_latents(latents.to(vae.dtype), *latent_stats(vae)), return_dict=False)[0].clamp(-1, 1)
         batch, channels, frames = video.shape[:3]
         frames_2d = video.transpose(1, 2).flatten(0, 1).float()
         resized = F.interpolate(frames_2d, size=(height, width), mode="bilinear", align_corners=False).clamp(-1, 1)
         video = resized.unflatten(0, (batch, frames)).transpose(1, 2).to(vae.dtype)
         encoded = vae.encode(video).latent_dist.mode()
-        return ((encoded - mean) / std).float()
+        return normalise_latents(encoded, *latent_stats(vae)).float()
 
     def _stage2_scheduler(self, flow_shift: float | None):
         scheduler = self.pipe.scheduler
@@ -233,9 +232,7 @@ class FreeSwimPipeline:
             video = latents
         else:
             vae = pipe.vae
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-            video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
+            video = vae.decode(denormalise_latents(latents.to(vae.dtype), *latent_stats(vae)), return_dict=False)[0]
             video = pipe.video_processor.postprocess_video(video, output_type=output_type)
         pipe.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if return_dict else (video,)
