@@ -89,8 +89,7 @@ class CrossAttnOverride:
     # -- what the processors call --------------------------------------------------------------------
     def store(self, layer: int, output: torch.Tensor) -> None:
         record = self.records.setdefault(self.context.branch, [None] * self.num_layers)
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        check_int("layer", layer, 0, self.num_layers - 1)
         record[layer] = output.detach().to("cpu") if self.offload else output.detach()
 
     def load(self, layer: int, like: torch.Tensor) -> torch.Tensor:

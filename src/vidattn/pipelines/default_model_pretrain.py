@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
 from ..latents import normalise_latents
 from ..training.objectives import flow_matching_loss  # the one import from the layer above: the LoRA trainer's loss
@@ -372,8 +373,7 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
     """Run the named stages in order (each resumes from ``work``)."""
     for stage in stages:
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_choice("stage", stage, STAGES)
     cfg = load_config(config)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
