@@ -72,8 +72,8 @@ class AttentionContext:
                 setattr(self, name, value)
 
     def reset(self) -> None:
+        """Forget the hook-filled fields (a new generation); the call fields belong to the open ``call`` blocks."""
         self.step, self.last_timestep, self.layout = 0, None, None
-        self.phase, self.branch, self.frame, self.commit = None, None, 0, False
 
 
 def _patch_size(config) -> tuple[int, int, int]:
