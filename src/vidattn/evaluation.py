@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .latents import denormalise_latents, latent_stats
 from .data.shapes import DIRECTIONS, SHAPE_COLORS, SHAPES, make_caption
 from .metrics.fidelity import psnr, ssim
 from .metrics.prompt_accuracy import prompt_accuracy
@@ -57,9 +58,7 @@ def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: in
     ).frames
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
-        video = pipe.vae.decode(latents.to(pipe.vae.dtype) * std + mean, return_dict=False)[0]
+        video = pipe.vae.decode(denormalise_latents(latents.to(pipe.vae.dtype), *latent_stats(pipe.vae)), return_dict=False)[0]
     return np.stack(pipe.video_processor.postprocess_video(video, output_type="np")), seconds
 
 

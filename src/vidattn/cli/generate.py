@@ -51,7 +51,7 @@ def _text2video(args) -> str:
 
 def _broadway(args) -> str:
     from ..pipelines.broadway import load_broadway_pipeline, run_broadway_generation
-    from ..processors.broadway import BroadWayConfig
+    from ..pipelines.broadway_guidance import BroadWayConfig
 
     pipe = load_broadway_pipeline(args.model)
     run = run_broadway_generation(
@@ -78,11 +78,11 @@ def _freeswim(args) -> str:
 
 def _streaming(args) -> str:
     from ..pipelines.streaming import StreamingWanPipeline, stream_to_mp4
-    from ..processors.hybrid import HybridConfig
+    from ..processors.streaming import StreamingConfig
 
     pipe = StreamingWanPipeline.from_pipe(load_pipeline(args.model))
     written = stream_to_mp4(
-        pipe, args.prompt, args.out, args.chunks, attention=HybridConfig(**parse_params(args.param)),
+        pipe, args.prompt, args.out, args.chunks, attention=StreamingConfig(**parse_params(args.param)),
         frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
         max_sequence_length=_text_tokens(args),
     )

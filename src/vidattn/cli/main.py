@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p, default="radial")
     p.add_argument("--pipeline", default="text2video", choices=PIPELINES,
                    help="text2video (Wan + --method), broadway (AnimateDiff/ModelScope --model), freeswim, streaming; "
-                   "--param sets the pipeline's config (BroadWayConfig, FreeSwimPipeline, HybridConfig)")
+                   "--param sets the pipeline's config (BroadWayConfig, FreeSwimPipeline, StreamingConfig: e.g. "
+                   "--param mode=window, modes hybrid/window/dense)")
     p.add_argument("--base-size", default="64x64", help="freeswim: stage-1 size HEIGHTxWIDTH in pixels")
     p.add_argument("--strength", type=float, default=0.7, help="freeswim: stage-2 denoising strength")
     p.add_argument("--cache-steps", type=int, default=2, help="freeswim: refresh the cross-attention cache every N steps")

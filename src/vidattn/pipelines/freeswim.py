@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..processors.cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
+from ..checks import check_bool, check_choice, check_int, check_number
+from ..latents import denormalise_latents, latent_stats, normalise_latents
+from .cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
@@ -59,8 +61,8 @@ class FreeSwimPipeline:
         self.pipe = pipe
         self.stride = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
         self.base_size = self._check_size("base_size", base_size)
-        if inward not in (True, False):
-            raise ValueError(f"inward must be True or False, got {inward!r}")
+        check_bool("inward", inward)
+        check_bool("offload_cache", offload_cache)
         if window is None:
             window = (None, self.base_size[0] // self.stride // 2, self.base_size[1] // self.stride // 2)
         if not isinstance(window, tuple) or len(window) != 3:
@@ -69,8 +71,7 @@ class FreeSwimPipeline:
         base_tokens = (self.base_size[0] // self.stride) * (self.base_size[1] // self.stride)
         if attn_scale_factor == "freeswim":
             attn_scale_factor = freeswim_scale_factor(base_tokens)
-        if isinstance(attn_scale_factor, bool) or not isinstance(attn_scale_factor, (int, float)) or attn_scale_factor <= 0:
-            raise ValueError(f"attn_scale_factor must be 'freeswim' or a positive float, got {attn_scale_factor!r}")
+        check_number("attn_scale_factor", attn_scale_factor, 0, low_open=True, note="or 'freeswim'")
         self.attn_scale_factor = float(attn_scale_factor)
         self.window_processor = window_processor
         self.last_stats: dict[str, int] = {}
@@ -96,22 +97,19 @@ class FreeSwimPipeline:
     def upsample(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode normalised stage-1 latents, resize every frame bilinearly, re-encode (FreeSwim resizes pixels)."""
         vae = self.pipe.vae
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-        video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0].clamp(-1, 1)
+        video = vae.decode(denormalise_latents(latents.to(vae.dtype), *latent_stats(vae)), return_dict=False)[0].clamp(-1, 1)
         batch, channels, frames = video.shape[:3]
         frames_2d = video.transpose(1, 2).flatten(0, 1).float()
         resized = F.interpolate(frames_2d, size=(height, width), mode="bilinear", align_corners=False).clamp(-1, 1)
         video = resized.unflatten(0, (batch, frames)).transpose(1, 2).to(vae.dtype)
         encoded = vae.encode(video).latent_dist.mode()
-        return ((encoded - mean) / std).float()
+        return normalise_latents(encoded, *latent_stats(vae)).float()
 
     def _stage2_scheduler(self, flow_shift: float | None):
         scheduler = self.pipe.scheduler
         if flow_shift is None:
             return type(scheduler).from_config(scheduler.config)
-        if isinstance(flow_shift, bool) or not isinstance(flow_shift, (int, float)) or flow_shift <= 0:
-            raise ValueError(f"flow_shift must be a positive float or None (keep the scheduler's), got {flow_shift!r}")
+        check_number("flow_shift", flow_shift, 0, low_open=True, note="None keeps the scheduler's")
         for key in ("flow_shift", "shift"):
             if key in scheduler.config:
                 return type(scheduler).from_config(scheduler.config, **{key: float(flow_shift)})
@@ -153,14 +151,13 @@ class FreeSwimPipeline:
         temporal = pipe.vae_scale_factor_temporal
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal:
             raise ValueError(f"num_frames must be 1 + a multiple of {temporal} (e.g. 81), got {num_frames!r}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if not isinstance(num_inference_steps, int) or int(num_inference_steps * strength) < 1:
+        check_number("strength", strength, 0, 1, low_open=True)
+        check_int("num_inference_steps", num_inference_steps, 1)
+        if int(num_inference_steps * strength) < 1:
             raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step")
-        if isinstance(cache_steps, bool) or not isinstance(cache_steps, int) or cache_steps < 1:
-            raise ValueError(f"cache_steps must be an int >= 1, got {cache_steps!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        check_int("cache_steps", cache_steps, 1)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        check_bool("override_uncond", override_uncond, optional=True, note="None: follow FreeSwim")
         i2v = getattr(pipe, "image_encoder", None) is not None or pipe.transformer.config.in_channels != pipe.vae.config.z_dim
         if i2v and image is None:
             raise ValueError("this is an image-to-video pipeline: pass image=")
@@ -233,9 +230,7 @@ class FreeSwimPipeline:
             video = latents
         else:
             vae = pipe.vae
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device, vae.dtype)
-            video = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]
+            video = vae.decode(denormalise_latents(latents.to(vae.dtype), *latent_stats(vae)), return_dict=False)[0]
             video = pipe.video_processor.postprocess_video(video, output_type=output_type)
         pipe.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if return_dict else (video,)

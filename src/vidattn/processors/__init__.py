@@ -3,11 +3,8 @@
 from types import ModuleType as _ModuleType
 
 from .base import MethodAttnProcessor, PlanCache, VideoAttnProcessor
-from .broadway import BroadWayConfig, apply_broadway, remove_broadway
 from .config import MethodConfig
-from .cross_override import CrossAttnOverride, FullAttnProcessor, install_cross_override, refresh_steps, remove_cross_override
 from .dense import DenseAttnProcessor, DenseConfig
-from .hybrid import HybridAttnProcessor, HybridConfig, apply_hybrid_attention, remove_hybrid_attention
 from .install import install_processors, remove_processors, transformers_of, video_attention_layers
 from .monarch import MonarchAttnProcessor, MonarchConfig
 from .radial import RadialAttnProcessor, RadialConfig
@@ -26,6 +23,7 @@ from .registry import (
     register_method,
     unregister_method,
 )
+from .streaming import StreamingAttnProcessor, StreamingConfig
 from .vmoba import VMoBAAttnProcessor, VMoBAConfig, vmoba_partition_maps
 from .window import WindowAttnProcessor, WindowConfig
 

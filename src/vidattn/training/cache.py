@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..latents import latent_stats, normalise_latents
 from ..layout import parse_dims
 from .dataset import VideoClipDataset
 
@@ -62,13 +63,6 @@ def load_pipeline(model_path_or_pipe, *, device: str | torch.device = "cpu", dty
     pipe.vae.to(device)
     pipe.text_encoder.to(device)
     return pipe
-
-
-def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """(z - latents_mean) / latents_std: the inverse of WanPipeline's decode-time de-normalisation."""
-    mean = torch.tensor(vae.config.latents_mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1, 1)
-    return (latents - mean) / std
 
 
 @torch.no_grad()
@@ -127,7 +121,7 @@ def prepare_data(
                 z = dist.mean
                 if sample_posterior:
                     z = z + dist.std * torch.randn(z.shape, generator=generator).to(z)
-            latents = normalise_latents(pipe.vae, z.float())[0]
+            latents = normalise_latents(z.float(), *latent_stats(pipe.vae))[0]
             text = encode_text(pipe, [item["caption"]], max_sequence_length)[0].float()
             name = f"{len(clips):06d}.safetensors"
             save_file({"latents": latents.contiguous().cpu(), "text_embeds": text.contiguous().cpu()}, str(out / name))
