@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from ..layout import parse_dims
 from .atomic import file_sha256, replace_synced, temp_name, write_json_atomic
 from .cache_check import CACHE_VERSION, CacheError, check_header, header_problem, load_clip, read_index, verify_cache
-from .dataset import VideoClipDataset
+from .dataset import VideoClipDataset, find_videos, load_captions
 from .killpoints import KillPoints
 
 CLIP_PREFIX = "clip-"
@@ -122,6 +122,7 @@ def prepare_data(
     does not list are deleted once it is written.
     """
     kill = KillPoints.from_env()
+    load_captions(videos, find_videos(videos), captions)  # a bad folder or caption file fails before the model loads
     pipe = load_pipeline(model_path_or_pipe, device=device, dtype=dtype)
     temporal = int(getattr(pipe, "vae_scale_factor_temporal", 4))
     spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8))
