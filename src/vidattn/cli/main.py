@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         code = args.func(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # user errors: bad values, a missing or unwritable path
         if debug:
             raise
         print(f"vidattn {args.command}: {error}", file=sys.stderr)

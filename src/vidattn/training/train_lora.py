@@ -408,14 +408,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``--config X.yaml [--set key=value ...] [--overwrite] [--debug]``.
 
-    Returns 0 (trained, or already finished), 2 on a configuration or data error, 3 on a non-finite loss/gradient/weight.
+    Returns 0 (trained, stopped by max_steps_per_run, or already finished), 2 on a configuration, data or file error
+    (one line; the traceback with ``--debug``), 3 on a non-finite loss, gradient or weight.
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = TrainConfig.from_yaml(args.config, args.overrides)
         result = train(config, overwrite=args.overwrite)
-    except (ValueError, NonFiniteError) as exc:
+    except (ValueError, OSError, NonFiniteError) as exc:  # OSError: a path that is a file, no permission, disk full
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
