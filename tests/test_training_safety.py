@@ -72,25 +72,28 @@ class ForkServer:
     def __init__(self, tmp: Path) -> None:
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
         env.pop("VIDATTN_TEST_KILL_AT", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-        self.tmp, self.child, self.jobs = tmp, None, 0
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
+        self.tmp, self.child, self.jobs, self.buffer = tmp, None, 0, b""
 
     def _line(self, deadline: float) -> str:
-        while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if ready:
-                line = self.proc.stdout.readline()
-                assert line, f"fork server died (exit {self.proc.poll()})"
-                return line.strip()
-            if time.monotonic() >= deadline:
-                raise TimeoutError("child did not finish in time")
+        """The server's next output line (unbuffered reads, so a line already sent is never stuck in a buffer)."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError("the fork server's child did not finish in time")
+            if select.select([fd], [], [], wait)[0]:
+                chunk = os.read(fd, 4096)
+                assert chunk, f"fork server died (exit {self.proc.poll()})"
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode().strip()
 
     def start(self, argv: list[str], kill_at: str | None = None) -> tuple[int, Path]:
         self.jobs += 1
         log = self.tmp / f"job{self.jobs}.log"
         job = {"argv": argv, "env": {"VIDATTN_TEST_KILL_AT": kill_at} if kill_at else {}, "log": str(log)}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write((json.dumps(job) + "\n").encode())
         self.child = int(self._line(time.monotonic() + 120))  # the first job waits for the imports
         return self.child, log
 
@@ -104,14 +107,32 @@ class ForkServer:
         code = self.wait()
         return code, log.read_text()
 
-    def close(self) -> None:
+    def close_child(self) -> None:
+        """SIGKILL the running child, if any (a failed test must not leave one training)."""
         if self.child is not None:
             try:
                 os.kill(self.child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            try:
+                self.wait(timeout=30)  # the server reports the kill; keeps its output in step for the next job
+            except (TimeoutError, AssertionError):
+                self.child = None
+
+    def close(self) -> None:
+        self.close_child()
         self.proc.kill()
         self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One fork server for the module's subprocess tests; it and any running child are killed at the end."""
+    forks = ForkServer(tmp_path_factory.mktemp("forks"))
+    try:
+        yield forks
+    finally:
+        forks.close()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -167,7 +188,7 @@ def inside_save(out: Path) -> bool:
 
 
 # -- the kill loop ------------------------------------------------------------------------------------------
-def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, tmp_path, capsys):
+def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, server, tmp_path, capsys):
     reference = train(TrainConfig.from_yaml(config_yaml(tmp_path / "ref.yaml", cache, tmp_path / "ref")))
     config = str(config_yaml(tmp_path / "run.yaml", cache, tmp_path / "run"))
     out = tmp_path / "run"
@@ -176,7 +197,6 @@ def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, tmp_path, capsys):
     # renamed but older ones not pruned, halfway through pruning, between steps, mid-export; None = SIGKILL from here
     plan = ["save_files@2", "save_written@2", None, "save_sealed@1", "save_renamed@1", "prune@1", "step@1", "export@1"]
     rng = random.Random(17)
-    server = ForkServer(tmp_path)
     kills, in_save, resumed, steps_seen = 0, 0, 0, []
     try:
         for kill_at in plan:
@@ -185,8 +205,8 @@ def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, tmp_path, capsys):
             else:  # a kill at a random moment of training, sent by the test
                 pid, log_path = server.start(argv)
                 deadline = time.monotonic() + 120
-                while "resumed from" not in (log_path.read_text() if log_path.exists() else "") and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                while "Saving current state" not in (log_path.read_text() if log_path.exists() else "") and time.monotonic() < deadline:
+                    time.sleep(0.01)  # its first save has begun: training is under way
                 time.sleep(rng.uniform(0.0, 0.4))
                 os.kill(pid, signal.SIGKILL)
                 code, log = server.wait(), log_path.read_text()
@@ -208,7 +228,7 @@ def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, tmp_path, capsys):
         assert code == 0 and "holds a finished run (8 steps" in log and "Use --overwrite" in log, log
         assert (out / "losses.json").read_bytes() == losses_before
     finally:
-        server.close()
+        server.close_child()
     assert steps_seen == sorted(steps_seen) and steps_seen[0] >= 1  # progress is never lost
     assert kills >= len(plan) - 1 and in_save >= 5 and resumed == kills
     final, expected = load_file(str(out / LORA_FILE)), load_file(str(tmp_path / "ref" / LORA_FILE))
@@ -285,10 +305,9 @@ def test_named_incomplete_checkpoint_is_one_line_exit_2(cache, tmp_path, capsys)
 
 
 # -- data preparation -------------------------------------------------------------------------------------
-def test_interrupted_prepare_data_resumes_and_verifies(tmp_path, capsys):
+def test_interrupted_prepare_data_resumes_and_verifies(server, tmp_path, capsys):
     clips = make_clips(tmp_path / "clips", 3)
     out = tmp_path / "cache"
-    server = ForkServer(tmp_path)
     argv = ["prepare-data", "--videos", str(clips), "--model", "default", "--out", str(out), "--num-frames", "5",
             "--height", "32", "--width", "32", "--max-sequence-length", str(TEXT_LEN)]
     try:
@@ -303,7 +322,7 @@ def test_interrupted_prepare_data_resumes_and_verifies(tmp_path, capsys):
         code, log = server.run(argv[:-1] + ["6"], "prepare_clip@2")
         assert code == -signal.SIGKILL, log
     finally:
-        server.close()
+        server.close_child()
     assert len(CachedLatentDataset(out)) == 3 and CachedLatentDataset(out).batch([0, 1, 2])["text_embeds"].shape[1] == TEXT_LEN
     report = prepare(clips, out)  # the original settings again: nothing to encode
     assert report.reused == 3 and report.clips == 3

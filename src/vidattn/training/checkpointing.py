@@ -119,6 +119,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".checkpoint-*.tmp"):  # left by a save that was killed
             shutil.rmtree(stale)
+        for aside in root.glob(".checkpoint-*.old"):  # a replaced checkpoint whose successor is in place
+            if incomplete_reason(root / aside.name[1:-4], check_hashes=False) is None:
+                shutil.rmtree(aside)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # every process writes its files (RNG states) here
     accelerator.wait_for_everyone()
