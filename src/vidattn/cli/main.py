@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_prepare_data)
 
     # Listed for --help only: main() hands `train ...` to the training entry point unparsed.
-    sub.add_parser("train", help="LoRA training: `vidattn train --config X.yaml [--set key=value ...]` (or accelerate launch -m vidattn.training.train_lora)")
+    sub.add_parser("train", help="LoRA training: `vidattn train --config X.yaml [--set key=value ...] [--overwrite] [--debug]` (or accelerate launch -m vidattn.training.train_lora)")
     return parser
 
 
