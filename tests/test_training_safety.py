@@ -128,6 +128,8 @@ class ForkServer:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One fork server for the module's subprocess tests; it and any running child are killed at the end."""
+    if not hasattr(os, "fork"):
+        pytest.skip("the kill tests fork children (POSIX only)")
     forks = ForkServer(tmp_path_factory.mktemp("forks"))
     try:
         yield forks

@@ -253,12 +253,6 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         dataset.shape_keys(), config.batch_size, seed=config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes
     )
     resume = None if overwrite else resolve_resume(config.resume_from_checkpoint, output_dir)
-    if overwrite:
-        if accelerator.is_main_process:
-            removed = clear_run(output_dir, RUN_ARTIFACTS)
-            if removed:
-                logger.info("--overwrite: deleted %s from %s; starting from step 0", ", ".join(removed), output_dir)
-        accelerator.wait_for_everyone()
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     transformer = load_transformer(config.model, weight_dtype)
     install_method(transformer, config.method, config.method_args, config.dense_layers)
@@ -302,6 +296,12 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
+    if overwrite:  # only now: a config or data error above must not have cost the old run
+        if accelerator.is_main_process:
+            removed = clear_run(output_dir, RUN_ARTIFACTS)
+            if removed:
+                logger.info("--overwrite: deleted %s from %s; starting from step 0", ", ".join(removed), output_dir)
+        accelerator.wait_for_everyone()
     global_step, history, skipped = 0, [], 0
     if resume is not None:
         accelerator.load_state(str(resume))
