@@ -380,7 +380,7 @@ def test_nan_latent_stops_training_without_a_lora(cache, tmp_path, capsys):
     config = config_yaml(tmp_path / "c.yaml", data, tmp_path / "run", nonfinite="skip")  # bad data is never skipped
     assert train_main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert f"cached clip {victim} holds 1 non-finite value(s) in latents" in err
+    assert f"cached clip {victim}: 1 non-finite value(s) in latents" in err
     assert not (tmp_path / "run" / LORA_FILE).exists() and not (tmp_path / "run" / "finished.json").exists()
 
 
@@ -454,3 +454,14 @@ def test_prepare_data_and_eval_errors_exit_2(tmp_path, capsys):
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     with pytest.raises(ValueError, match="videos must be a folder"):
         cli_main(["prepare-data", "--videos", str(tmp_path / "none"), "--model", "default", "--out", str(tmp_path / "c"), "--debug"])
+
+
+def test_verify_reports_every_bad_clip_by_its_values(cache, tmp_path):
+    data, victim = corrupt(cache, tmp_path, "nan")
+    index = json.loads((data / "index.json").read_text())
+    for clip in index["clips"]:
+        clip.pop("sha256")  # no hash to compare: only the values can tell
+    (data / "index.json").write_text(json.dumps(index))
+    assert verify_cache(data) == (3, [(str(victim), "1 non-finite value(s) in latents")])
+    with pytest.raises(CacheError, match="1 non-finite value"):
+        CachedLatentDataset(data).batch([0, 1, 2])

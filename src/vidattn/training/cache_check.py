@@ -95,21 +95,29 @@ def check_header(root: Path, clips: list[dict]) -> None:
         raise CacheError(f"cached clips disagree on the text_embeds shape: {sorted(text_shapes.items())}; {verify_hint(root)}")
 
 
-def load_clip(path: Path, clip: dict | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of one clip file, checked: loadable, the index's shape, all finite; ``CacheError`` naming the file."""
+def read_clip(path: Path, clip: dict | None = None) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """(tensors, None) for a good clip file, or (None, problem): unreadable, other tensors, not the index's shape,
+    or holding NaN/inf."""
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # missing, truncated since the index was read, or a malformed file
-        raise CacheError(f"cached clip {path} is unreadable ({str(exc).splitlines()[0]}); {verify_hint(path.parent)}") from None
+        return None, f"unreadable ({str(exc).splitlines()[0]})"
     if set(tensors) != set(CLIP_KEYS):
-        raise CacheError(f"cached clip {path} holds tensors {sorted(tensors)}, expected {list(CLIP_KEYS)}")
+        return None, f"holds tensors {sorted(tensors)}, expected {list(CLIP_KEYS)}"
     if clip is not None and list(tensors["latents"].shape) != list(clip["shape"]):
-        raise CacheError(f"cached clip {path} has latents of shape {list(tensors['latents'].shape)}, the index says {list(clip['shape'])}")
+        return None, f"latents have shape {list(tensors['latents'].shape)}, the index says {list(clip['shape'])}"
     for key in CLIP_KEYS:
         finite = torch.isfinite(tensors[key])
         if not finite.all():
-            count = int((~finite).sum())
-            raise CacheError(f"cached clip {path} holds {count} non-finite value(s) in {key}; {verify_hint(path.parent)}")
+            return None, f"{int((~finite).sum())} non-finite value(s) in {key}"
+    return tensors, None
+
+
+def load_clip(path: Path, clip: dict | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one clip file, checked by :func:`read_clip`; ``CacheError`` naming the file and the problem."""
+    tensors, problem = read_clip(path, clip)
+    if problem is not None:
+        raise CacheError(f"cached clip {path}: {problem}; {verify_hint(path.parent)}")
     return tensors
 
 
@@ -130,11 +138,9 @@ def verify_cache(root: str | Path) -> tuple[int, list[tuple[str, str]]]:
         if problem is None and "sha256" in clip and file_sha256(path) != clip["sha256"]:
             problem = "contents differ from the SHA-256 recorded in the index (overwritten or corrupted)"
         if problem is None:
-            try:
-                tensors = load_clip(path, clip)
+            tensors, problem = read_clip(path, clip)
+            if tensors is not None:
                 text_shapes.setdefault(tuple(tensors["text_embeds"].shape), str(path))
-            except CacheError as exc:
-                problem = str(exc).split(f"{path} ", 1)[-1].split("; re-run", 1)[0]
         if problem is not None:
             problems.append((str(path), problem))
     if len(text_shapes) > 1:
