@@ -209,12 +209,10 @@ def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, server, tmp_path, ca
                 deadline = time.monotonic() + 120
                 while "Saving current state" not in (log_path.read_text() if log_path.exists() else "") and time.monotonic() < deadline:
                     time.sleep(0.01)  # its first save has begun: training is under way
-                time.sleep(rng.uniform(0.0, 0.4))
+                time.sleep(rng.uniform(0.0, 0.15))  # short of the 6 steps left, even on a fast idle CPU
                 os.kill(pid, signal.SIGKILL)
                 code, log = server.wait(), log_path.read_text()
             assert "Traceback" not in log, log
-            if code == 0:  # the random kill came too late: the run finished first
-                break
             assert code == -signal.SIGKILL, (kill_at, code, log)
             kills += 1
             in_save += kill_at.startswith(("save_", "prune")) if kill_at else inside_save(out)
@@ -232,7 +230,7 @@ def test_kill_loop_resumes_to_the_uninterrupted_lora(cache, server, tmp_path, ca
     finally:
         server.close_child()
     assert steps_seen == sorted(steps_seen) and steps_seen[0] >= 1  # progress is never lost
-    assert kills >= len(plan) - 1 and in_save >= 5 and resumed == kills
+    assert kills == len(plan) and in_save >= 5 and resumed == kills
     final, expected = load_file(str(out / LORA_FILE)), load_file(str(tmp_path / "ref" / LORA_FILE))
     assert final.keys() == expected.keys()
     diff = max((final[k] - expected[k]).abs().max().item() for k in final)
