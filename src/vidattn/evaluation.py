@@ -22,6 +22,7 @@ from .latents import denormalise_latents, latent_stats
 from .data.shapes import DIRECTIONS, SHAPE_COLORS, SHAPES, make_caption
 from .metrics.fidelity import psnr, ssim
 from .metrics.prompt_accuracy import prompt_accuracy
+from .processors.config import config_fields
 from .processors.registry import METHODS, apply_method, get_method
 
 # The default model was trained on prompts padded to 16 text tokens (configs/default_model.yaml): WanPipeline's
@@ -44,7 +45,7 @@ def method_config(method: str, method_args: dict | None = None, common: dict | N
     """The config fields used for ``method``: its registry ``tiny_grid`` settings (the default model's 5 x 8 x 8 grid),
     then the ``common`` fields its config has, then its own ``method_args``."""
     entry = get_method(method)
-    fields = set(entry.config.__dataclass_fields__)
+    fields = set(config_fields(entry.config))
     return {**(entry.tiny_grid if tiny_grid else {}), **{k: v for k, v in (common or {}).items() if k in fields}, **(method_args or {})}
 
 

@@ -38,6 +38,13 @@ def _add_tensor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="wan", choices=FAMILIES)
 
 
+def _int_list(text: str) -> str:
+    """argparse check of a comma-separated list of integers (kept as text)."""
+    if not all(part.strip().lstrip("-").isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers (e.g. 0,1,2), got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="every method vs dense on the default model: PSNR/SSIM, prompt accuracy, speed, report")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     p.add_argument("--prompts", type=int, default=20, help="held-out prompts to generate")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--seeds", default="0", type=_int_list, help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--out", default="outputs/eval")
@@ -102,8 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_prepare_data)
 
     # Listed for --help only: main() hands `train ...` to the training entry point unparsed.
-    sub.add_parser("train", help="LoRA training: `vidattn train --config X.yaml [--set key=value ...]` (or accelerate launch -m vidattn.training.train_lora)")
+    sub.add_parser("train", help="LoRA training: `vidattn train --config X.yaml [--set key=value ...] [--overwrite] [--debug]` (or accelerate launch -m vidattn.training.train_lora)")
     return parser
+
+
+class UsageError(SystemExit):
+    """Exit status 2 (as argparse's) for a user error, printed as one line; ``str()`` is the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,11 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         from ..training.train_lora import main as train_main
 
         raise SystemExit(train_main(argv[1:]))
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in argv  # any command: show the traceback of an error instead of one line
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
-        args.func(args)
-    except ValueError as error:
-        raise SystemExit(f"vidattn {args.command}: {error}") from error
+        code = args.func(args)
+    except (ValueError, OSError) as error:  # user errors: bad values, a missing or unwritable path
+        if debug:
+            raise
+        print(f"vidattn {args.command}: {error}", file=sys.stderr)
+        raise UsageError(f"vidattn {args.command}: {error}") from None
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,20 @@ class MethodConfig:
             check_choice("family", self.family, FAMILIES, note="or None to detect it")
 
 
+def config_fields(config_cls: type) -> tuple[str, ...]:
+    """The settable field names of a config class (class constants such as ``backends`` excluded)."""
+    return tuple(f.name for f in dataclasses.fields(config_cls))
+
+
+def check_fields(config_cls: type, names, owner: str) -> None:
+    """``ValueError`` naming the unknown ones among ``names`` and the allowed fields of ``config_cls``."""
+    unknown = set(names) - set(config_fields(config_cls))
+    if unknown:
+        raise ValueError(f"unknown {owner} argument(s) {sorted(unknown)}; allowed: {sorted(config_fields(config_cls))}")
+
+
 def config_with_overrides(config_cls: type[ConfigT], config: ConfigT | None, overrides: dict, owner: str) -> ConfigT:
     """``config`` (or the defaults) with keyword ``overrides`` applied; unknown names are a ``ValueError``."""
     config = config if config is not None else config_cls()
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown {owner} argument(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    check_fields(config_cls, overrides, owner)
     return dataclasses.replace(config, **overrides) if overrides else config

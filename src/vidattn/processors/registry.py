@@ -12,7 +12,7 @@ from typing import Mapping
 from ..checks import check_number
 from ..context import AttentionContext
 from .base import MethodAttnProcessor, PlanCache
-from .config import MethodConfig, config_with_overrides
+from .config import MethodConfig, check_fields, config_fields, config_with_overrides
 from .dense import DenseAttnProcessor
 from .install import install_processors, remove_processors
 from .monarch import MonarchAttnProcessor, MonarchConfig
@@ -49,7 +49,7 @@ class Method:
             raise ValueError(f"{self.processor.__name__}.config_class must be a MethodConfig subclass")
         check_number("warm_up", self.warm_up, 0, 1, high_open=True)
         for name in (*self.tiny_grid, *self.generate):
-            if name not in self.config.__dataclass_fields__:
+            if name not in config_fields(self.config):
                 raise ValueError(f"{self.name}: {name!r} is not a field of {self.config.__name__}")
         object.__setattr__(self, "tiny_grid", MappingProxyType(dict(self.tiny_grid)))
         object.__setattr__(self, "generate", MappingProxyType(dict(self.generate)))
@@ -124,22 +124,19 @@ def install(target, config: MethodConfig) -> AttentionContext | None:
     )
 
 
-def apply_method(target, method: str, **config_fields) -> AttentionContext | None:
+def apply_method(target, method: str, **fields) -> AttentionContext | None:
     """Install ``method`` (a registered name) with ``config_fields`` on a transformer or pipeline; ``"dense"``
     restores the stock processors. ``vidattn.apply(pipe, "radial", decay=0.2)`` is the same call."""
     entry = get_method(method)
-    known = set(entry.config.__dataclass_fields__)
-    unknown = set(config_fields) - known
-    if unknown:
-        raise ValueError(f"unknown {method} parameter(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    return install(target, entry.config(**config_fields))
+    check_fields(entry.config, fields, f"{method} parameter")
+    return install(target, entry.config(**fields))
 
 
-def apply(target, method: str | MethodConfig, **config_fields) -> AttentionContext | None:
+def apply(target, method: str | MethodConfig, **fields) -> AttentionContext | None:
     """One entry point: ``apply(pipe, "radial", decay=0.2)`` or ``apply(pipe, RadialConfig(decay=0.2))``."""
     if isinstance(method, MethodConfig):
-        return install(target, config_with_overrides(type(method), method, config_fields, "apply"))
-    return apply_method(target, method, **config_fields)
+        return install(target, config_with_overrides(type(method), method, fields, "apply"))
+    return apply_method(target, method, **fields)
 
 
 def apply_radial_attention(target, config: RadialConfig | None = None) -> AttentionContext:
