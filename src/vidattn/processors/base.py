@@ -9,7 +9,16 @@ import torch
 
 from ..context import AttentionContext
 from ..layout import VideoLayout
-from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
+from .families import (
+    FAMILIES,
+    ROPE_POSITIONAL,
+    detect_family,
+    is_video_self_attention,
+    layout_from_rope,
+    project,
+    stock_processor,
+    unsupported_module_error,
+)
 
 ConfigT = TypeVar("ConfigT")
 
@@ -74,8 +83,8 @@ class VideoAttnProcessor:
         image_rotary_emb: Any = None,
         **kwargs,
     ):
-        family = self.family or detect_family(attn)
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
+        family = self.family or detect_family(attn, attention_mask, rope)
         if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
@@ -84,14 +93,14 @@ class VideoAttnProcessor:
         return call.finish(out)
 
     def _run_stock(self, family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
+        if family is None:
+            raise unsupported_module_error(attn)
         if family not in self._stock:
             self._stock[family] = stock_processor(family)
         stock = self._stock[family]
-        if family == "wan":
+        if family in ROPE_POSITIONAL:
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, rope)
-        if family is not None:
-            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
-        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
 
     def is_dense_now(self) -> bool:
         """Dense warm-up: the first ``dense_steps`` denoising steps and the first ``dense_layers`` layers."""
@@ -105,7 +114,7 @@ class VideoAttnProcessor:
         if layout is None and self.context is not None:
             layout = self.context.layout
         if layout is None:
-            layout = layout_from_rope(rope)
+            layout = layout_from_rope(rope, family)
         if layout is None:
             raise ValueError(
                 f"cannot infer the video grid of this {family} attention call ({video_tokens} video tokens): pass "
