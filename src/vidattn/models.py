@@ -95,8 +95,8 @@ def model_spec(transformer: torch.nn.Module) -> ModelSpec:
     spec = find_spec(transformer)
     if spec is None:
         raise UnsupportedModelError(
-            f"{type(transformer).__name__} is not a supported video transformer; vidattn supports these transformer "
-            f"classes: {supported_classes()} (supported families: {sorted(FAMILY_STOCK)})"
+            f"{type(transformer).__name__} is not a supported video transformer; supported transformer classes: "
+            f"{supported_classes()} (supported families: {sorted(FAMILY_STOCK)})"
         )
     check_config(spec, transformer)
     return spec
