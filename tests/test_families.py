@@ -171,7 +171,11 @@ def test_unknown_attention_modules_raise_listing_the_supported_classes():
     unet = Attention(query_dim=8, heads=2, dim_head=4)  # a UNet's self-attention
     sd3 = Attention(query_dim=8, heads=2, dim_head=4, added_kv_proj_dim=8, qk_norm="rms_norm", context_pre_only=False, processor=JointAttnProcessor2_0())
     flux = FluxAttention(query_dim=8, heads=2, dim_head=4, added_kv_proj_dim=8)
-    for module, kwargs in ((unet, {}), (sd3, {"encoder_hidden_states": text}), (flux, {"encoder_hidden_states": text})):
+    # Cosmos' self-attention: RMS q/k norms and a RoPE like HunyuanVideo's, but no joint text: not taken for HunyuanVideo
+    cosmos = Attention(query_dim=8, heads=2, dim_head=4, qk_norm="rms_norm", elementwise_affine=True)
+    rope = (torch.ones(6, 4), torch.zeros(6, 4))
+    cases = ((unet, {}), (sd3, {"encoder_hidden_states": text}), (flux, {"encoder_hidden_states": text}), (cosmos, {"image_rotary_emb": rope}))
+    for module, kwargs in cases:
         module.set_processor(DenseAttnProcessor())
         with pytest.raises(UnsupportedModelError, match="supported transformer classes: WanTransformer3DModel, .*LTX2VideoTransformer3DModel"):
             module(hidden, **kwargs)

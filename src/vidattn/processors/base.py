@@ -84,7 +84,7 @@ class VideoAttnProcessor:
         **kwargs,
     ):
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
-        family = self.family or detect_family(attn, attention_mask, rope)
+        family = self.family or detect_family(attn, encoder_hidden_states, attention_mask, rope)
         if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)

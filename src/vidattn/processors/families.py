@@ -39,21 +39,22 @@ class ProjectedCall:
     finish: Callable[[torch.Tensor], object]
 
 
-def detect_family(attn: torch.nn.Module, attention_mask=None, rope=None) -> str | None:
+def detect_family(attn: torch.nn.Module, encoder_hidden_states=None, attention_mask=None, rope=None) -> str | None:
     """Family of an attention module a processor was dropped into without ``family=``; None if unknown.
 
     Model-specific attention classes name their family. diffusers' generic ``Attention`` is shared by many
-    models, so only the call shapes of the supported ones are recognised: LayerNorm q/k norms (CogVideoX), or
-    RMS q/k norms called with a RoPE (HunyuanVideo; HunyuanVideo 1.5 passes a 2-D text mask). LTX-2's
-    attention class serves video, audio and audio-video attention alike, so it needs ``family="ltx2"``
-    (``apply_*`` sets it on the video self-attention only).
+    models, so only the calls of the supported ones are recognised, all joint text-video self-attention (encoder
+    states given, not a cross-attention module): LayerNorm q/k norms with weights (CogVideoX), or RMS q/k norms
+    called with a RoPE (HunyuanVideo; HunyuanVideo 1.5 passes a 2-D text mask). LTX-2's attention class serves
+    video, audio and audio-video attention alike, so it needs ``family="ltx2"`` (``apply_*`` sets it on the video
+    self-attention only). ``apply_*`` never guesses: it takes the family from the model table.
     """
     if isinstance(attn, SkyReelsV2Attention):
         return "skyreels"
     if isinstance(attn, WanAttention):
         return "wan"
-    if type(attn) is Attention:
-        if isinstance(attn.norm_q, torch.nn.LayerNorm):
+    if type(attn) is Attention and encoder_hidden_states is not None and not attn.is_cross_attention:
+        if isinstance(attn.norm_q, torch.nn.LayerNorm) and attn.norm_q.weight is not None:
             return "cogvideox"
         if isinstance(attn.norm_q, (RMSNorm, torch.nn.RMSNorm)) and rope is not None:
             return "hunyuan15" if torch.is_tensor(attention_mask) and attention_mask.ndim == 2 else "hunyuan"
