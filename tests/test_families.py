@@ -5,9 +5,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, JointAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
 from tiny_families import (
+    cosmos_inputs,
     hunyuan15_inputs,
     ltx2_inputs,
     skyreels_inputs,
+    tiny_cosmos,
     tiny_hunyuan15,
     tiny_ltx2,
     tiny_skyreels,
@@ -35,6 +37,7 @@ CASES = {
     "hunyuan": (tiny_hunyuan, hunyuan_inputs),
     "hunyuan15": (tiny_hunyuan15, hunyuan15_inputs),
     "cogvideox-5b": (lambda: tiny_cogvideox(True), lambda frames=3: cogvideox_inputs(True, frames=frames)),
+    "cosmos": (tiny_cosmos, cosmos_inputs),
     "ltx2": (tiny_ltx2, ltx2_inputs),
     "ltx2-split-gated": (lambda: tiny_ltx2(rope_type="split", gated=True), ltx2_inputs),
 }
@@ -71,7 +74,7 @@ def _install(model, method: str, fields: dict):
 def test_table_is_keyed_by_class_and_covers_the_issue():
     names = {spec.transformer.__name__ for spec in MODELS}
     assert {"WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel", "HunyuanVideoTransformer3DModel",
-            "HunyuanVideo15Transformer3DModel", "CogVideoXTransformer3DModel", "LTX2VideoTransformer3DModel"} <= names
+            "HunyuanVideo15Transformer3DModel", "CogVideoXTransformer3DModel", "LTX2VideoTransformer3DModel", "CosmosTransformer3DModel"} <= names
     assert model_spec(tiny_cogvideox(False)).frames_first and not model_spec(tiny_wan()).frames_first
 
 
@@ -129,18 +132,27 @@ def test_ltx2_audio_and_cross_modal_attention_stay_exact():
     assert (video - stock_video).abs().max() > 1e-6 and audio.shape == stock_audio.shape
 
 
-def test_drop_in_on_ltx2_needs_the_family():
-    model, inputs = tiny_ltx2(), ltx2_inputs()
-    model.transformer_blocks[0].attn1.set_processor(RadialAttnProcessor(**SPARSE["radial"]))
-    with pytest.raises(UnsupportedModelError, match="family='ltx2'"):
+@pytest.mark.parametrize("family, build, make_inputs", [("ltx2", tiny_ltx2, ltx2_inputs), ("cosmos", tiny_cosmos, cosmos_inputs)])
+def test_drop_in_on_shared_attention_classes_needs_the_family(family, build, make_inputs):
+    model, inputs = build(), make_inputs(frames=5)
+    video_layers = [module for name, module in model.named_modules() if model_spec(model).is_video_attention(name)]
+    for module in video_layers:
+        module.set_processor(RadialAttnProcessor(**SPARSE["radial"]))
+    with pytest.raises(UnsupportedModelError, match=f"family='{family}'" if family == "ltx2" else "supported transformer classes"):
         _run(model, inputs)
+    for module in video_layers:
+        module.set_processor(RadialAttnProcessor(family=family, layout=VideoLayout(5, 4, 5), **SPARSE["radial"]))
+    drop_in = _run(model, inputs)
+    apply_method(model, "radial", **SPARSE["radial"])
+    torch.testing.assert_close(_run(model, inputs), drop_in, rtol=0, atol=0)
 
 
 def test_warm_up_step_of_per_frame_and_per_token_timesteps():
-    # SkyReels-V2 diffusion forcing (B, F) and Wan 2.2 TI2V (B, N): the step advances when the largest timestep drops.
-    for build, make_inputs in ((tiny_skyreels, skyreels_inputs), (tiny_wan_ti2v, wan_ti2v_inputs)):
+    # SkyReels-V2 diffusion forcing (B, F), Wan 2.2 TI2V (B, N), Cosmos 2.5 (B, 1, F, 1, 1): the step advances when
+    # the largest timestep drops; the clean conditioning frame (t = 0) plays no part.
+    for build, make_inputs in ((tiny_skyreels, skyreels_inputs), (tiny_wan_ti2v, wan_ti2v_inputs), (tiny_cosmos, cosmos_inputs)):
         model, inputs = build(), make_inputs(frames=5)
-        later = {**inputs, "timestep": torch.where(inputs["timestep"] > 0, inputs["timestep"] - 100, inputs["timestep"])}
+        later = {**inputs, "timestep": (inputs["timestep"] * 0.8).to(inputs["timestep"].dtype)}
         stock = {"now": _run(model, inputs), "later": _run(model, later)}
         context = apply_method(model, "radial", dense_steps=1, **SPARSE["radial"])
         assert torch.equal(_run(model, inputs), stock["now"]) and context.step == 0

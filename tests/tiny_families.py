@@ -139,3 +139,30 @@ def ltx2_inputs(batch=2, frames=3, height=4, width=5, audio=7, text=5, seed=0) -
         audio_num_frames=audio,
         return_dict=False,
     )
+
+
+def tiny_cosmos(seed: int = 0):
+    """Cosmos (1.0 / 2.5 predict) transformer; concat_padding_mask needs torchvision, which the tests do without."""
+    from diffusers import CosmosTransformer3DModel
+
+    return _seeded(
+        lambda: CosmosTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, text_embed_dim=16,
+            adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2), concat_padding_mask=False, encoder_hidden_states_channels=16,
+        ),
+        seed,
+    )
+
+
+def cosmos_inputs(batch=2, frames=3, height=8, width=10, text=5, seed=0) -> dict:
+    """Cosmos 2.5 video2world shape of call: a per-frame (B, 1, F, 1, 1) timestep, the first frame conditioning (t = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    timestep = torch.full((batch, 1, frames, 1, 1), 0.5)
+    timestep[:, :, 0] = 0.0
+    return dict(
+        hidden_states=torch.randn(batch, 4, frames, height, width, generator=g),
+        timestep=timestep,
+        encoder_hidden_states=torch.randn(batch, text, 16, generator=g),
+        fps=24,
+        return_dict=False,
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
+from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0, CosmosTransformer3DModel
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0, HunyuanVideoTransformer3DModel
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0, HunyuanVideo15Transformer3DModel
 from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor, LTX2VideoTransformer3DModel
@@ -62,6 +63,10 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         CogVideoXTransformer3DModel, "cogvideox", (r"transformer_blocks\.\d+\.attn1",), CogVideoXAttnProcessor2_0,
         frames_first=True, exact="joint text tokens are attended densely inside each call",
+    ),
+    ModelSpec(
+        CosmosTransformer3DModel, "cosmos", (r"transformer_blocks\.\d+\.attn1",), CosmosAttnProcessor2_0,
+        exact="text (and Cosmos 2.5 image-context) cross-attention (attn2)",
     ),
     ModelSpec(
         LTX2VideoTransformer3DModel, "ltx2", (r"transformer_blocks\.\d+\.attn1",), LTX2AudioVideoAttnProcessor,

@@ -71,9 +71,10 @@ def unsupported_module_error(attn: torch.nn.Module) -> UnsupportedModelError:
         )
     elif type(attn) is Attention:
         hint = (
-            " This diffusers Attention module is not the video attention of a supported model (it may be a UNet's, SD3's, "
-            "or HunyuanVideo's text refiner): put vidattn processors on the video attention only, with apply_*(transformer, "
-            "config) or vidattn.processors.video_attention_layers(transformer)."
+            " This diffusers Attention module is not recognisable as the video attention of a supported model (it may be a "
+            "UNet's, SD3's, HunyuanVideo's text refiner, or Cosmos' self-attention, which needs family='cosmos'): put vidattn "
+            "processors on the video attention only, with apply_*(transformer, config) or "
+            "vidattn.processors.video_attention_layers(transformer)."
         )
     return UnsupportedModelError(
         f"a vidattn processor was called by {type(attn).__name__}, which is not the attention of a supported video "
@@ -89,11 +90,11 @@ def stock_processor(family: str | None):
 
 
 def is_video_self_attention(family: str, attn, encoder_hidden_states) -> bool:
-    """Wan/SkyReels: attn1 (no encoder states); LTX-2: calls without encoder states (apply_* installs on attn1 only);
+    """Wan/SkyReels: attn1 (no encoder states); LTX-2, Cosmos: calls without encoder states (apply_* installs on attn1 only);
     HunyuanVideo (1.0, 1.5) and CogVideoX: every joint attention is video self-attention."""
     if family in ("wan", "skyreels"):
         return encoder_hidden_states is None and not attn.is_cross_attention
-    if family == "ltx2":
+    if family in ("ltx2", "cosmos"):
         return encoder_hidden_states is None
     return True
 
@@ -129,7 +130,7 @@ def project(family: str, attn, hidden_states, encoder_hidden_states, attention_m
     """q/k/v of a video self-attention call, reproducing the stock processor up to the attention itself."""
     adapters = {
         "wan": _project_wan, "skyreels": _project_wan, "hunyuan": _project_hunyuan, "hunyuan15": _project_hunyuan15,
-        "cogvideox": _project_cogvideox, "ltx2": _project_ltx2,
+        "cogvideox": _project_cogvideox, "ltx2": _project_ltx2, "cosmos": _project_cosmos,
     }
     return adapters[family](attn, hidden_states, encoder_hidden_states, attention_mask, rope)
 
@@ -271,3 +272,22 @@ def _project_ltx2(attn, hidden_states, encoder_hidden_states, attention_mask, ro
 
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     return ProjectedCall(q, k, v, 0, "after", None, finish)
+
+
+def _project_cosmos(attn, hidden_states, encoder_hidden_states, attention_mask, rope) -> ProjectedCall:
+    """Cosmos self-attention (attn1): per-head RMS q/k norms, RoPE with (cos, sin) unbound on dim -2, no text."""
+    if attention_mask is not None:
+        raise ValueError("Cosmos self-attention with an attention_mask is not supported by vidattn processors")
+    query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError("Cosmos self-attention with grouped key/value heads is not supported by vidattn processors")
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if rope is not None:
+        query = apply_rotary_emb(query, rope, use_real=True, use_real_unbind_dim=-2)
+        key = apply_rotary_emb(key, rope, use_real=True, use_real_unbind_dim=-2)
+
+    def finish(out: torch.Tensor):
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    return ProjectedCall(query, key, value, 0, "after", None, finish)

@@ -15,8 +15,8 @@ from .base import ConfiguredAttnProcessor
 from .install import install_configured, remove_processors
 
 # The official code pins the sink on for Wan and removed it for HunyuanVideo (commit 2f61c30); SkyReels-V2 is a Wan,
-# HunyuanVideo 1.5 and LTX-2 follow HunyuanVideo.
-DEFAULT_SINK = {"wan": True, "skyreels": True, "hunyuan": False, "hunyuan15": False, "cogvideox": False, "ltx2": False}
+# HunyuanVideo 1.5, LTX-2 and Cosmos follow HunyuanVideo.
+DEFAULT_SINK = {"wan": True, "skyreels": True, "hunyuan": False, "hunyuan15": False, "cogvideox": False, "ltx2": False, "cosmos": False}
 
 
 @dataclass(frozen=True)
