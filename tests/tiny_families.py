@@ -94,7 +94,8 @@ def tiny_hunyuan15(seed: int = 0) -> HunyuanVideo15Transformer3DModel:
     )
 
 
-def hunyuan15_inputs(batch=2, frames=3, height=4, width=5, text=6, byt5=3, image=4, seed=0) -> dict:
+def hunyuan15_inputs(batch=2, frames=3, height=4, width=5, text=6, byt5=3, image=4, seed=0, t2v=False) -> dict:
+    """I2V by default; ``t2v=True`` passes zero image embeddings, which the model masks out of the joint tokens."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, text, dtype=torch.long)
     mask[-1, text // 2 :] = 0  # the second prompt is shorter: padded text must stay masked
@@ -107,7 +108,7 @@ def hunyuan15_inputs(batch=2, frames=3, height=4, width=5, text=6, byt5=3, image
         encoder_attention_mask=mask,
         encoder_hidden_states_2=torch.randn(batch, byt5, 8, generator=g),
         encoder_attention_mask_2=mask_2,
-        image_embeds=torch.randn(batch, image, 12, generator=g),
+        image_embeds=torch.zeros(batch, image, 12) if t2v else torch.randn(batch, image, 12, generator=g),
         return_dict=False,
     )
 
