@@ -16,6 +16,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .checks import check_bool, check_int
 from .layout import VideoLayout
+from .models import find_spec, patch_size_of
 
 CONTEXT_HOOK_NAME = "vidattn_context"
 CALL_FIELDS = ("phase", "branch", "frame", "commit")
@@ -77,17 +78,14 @@ class AttentionContext:
 
 
 def _patch_size(config) -> tuple[int, int, int]:
-    """(p_t, p_h, p_w) from a diffusers transformer config (Wan tuple, Hunyuan/CogVideoX ints)."""
-    patch = config.get("patch_size")
-    if isinstance(patch, (tuple, list)):
-        return tuple(int(p) for p in patch)  # type: ignore[return-value]
-    patch_t = config.get("patch_size_t") or 1
-    return (int(patch_t), int(patch), int(patch))
+    """(p_t, p_h, p_w) from a diffusers transformer config (the reader of every class in :data:`vidattn.models.MODELS`)."""
+    return patch_size_of(config)
 
 
 def _frames_first(transformer: torch.nn.Module) -> bool:
-    """CogVideoX feeds latents as (B, F, C, H, W); Wan and HunyuanVideo as (B, C, F, H, W)."""
-    return type(transformer).__name__.startswith("CogVideoX")
+    """Whether latents arrive as (B, F, C, H, W) (CogVideoX), from the model table."""
+    spec = find_spec(transformer)
+    return spec is not None and spec.frames_first
 
 
 class AttentionContextHook(ModelHook):
@@ -104,11 +102,15 @@ class AttentionContextHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        frames = height = width = None
         if hidden_states is not None and hidden_states.ndim == 5:
             if self.frames_first:
                 frames, height, width = hidden_states.shape[1], hidden_states.shape[3], hidden_states.shape[4]
             else:
                 frames, height, width = hidden_states.shape[2:]
+        elif all(isinstance(kwargs.get(name), int) for name in ("num_frames", "height", "width")):  # packed latents (LTX-2)
+            frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
+        if frames is not None:
             p_t, p_h, p_w = self.patch_size
             self.context.layout = VideoLayout(max(frames // p_t, 1), height // p_h, width // p_w)
         if timestep is not None:

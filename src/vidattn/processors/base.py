@@ -12,7 +12,16 @@ from ..checks import check_choice, check_int
 from ..context import AttentionContext
 from ..layout import VideoLayout
 from .config import MethodConfig, config_with_overrides
-from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
+from .families import (
+    FAMILIES,
+    ROPE_POSITIONAL,
+    detect_family,
+    is_video_self_attention,
+    layout_from_rope,
+    project,
+    stock_processor,
+    unsupported_module_error,
+)
 
 
 class MethodPlan(Protocol):
@@ -91,8 +100,8 @@ class VideoAttnProcessor:
         image_rotary_emb: Any = None,
         **kwargs,
     ):
-        family = self.family or detect_family(attn)
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
+        family = self.family or detect_family(attn, encoder_hidden_states, attention_mask, rope)
         if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
@@ -101,14 +110,14 @@ class VideoAttnProcessor:
         return call.finish(out)
 
     def _run_stock(self, family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
+        if family is None:
+            raise unsupported_module_error(attn)
         if family not in self._stock:
             self._stock[family] = stock_processor(family)
         stock = self._stock[family]
-        if family == "wan":
+        if family in ROPE_POSITIONAL:
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, rope)
-        if family is not None:
-            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
-        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
 
     def is_dense_now(self) -> bool:
         """Dense warm-up: the first ``dense_steps`` denoising steps and the first ``dense_layers`` layers."""
@@ -126,13 +135,13 @@ class VideoAttnProcessor:
         if layout is not None and observed is not None and layout.grid != observed.grid:
             raise ValueError(f"layout={layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
         if layout is not None and observed is None and getattr(self, "_parallel_config", None) is None:
-            from_rope = layout_from_rope(rope)  # (under context parallelism the RoPE table is a shard's: not comparable)
+            from_rope = layout_from_rope(rope, family)  # (under context parallelism the RoPE table is a shard's: not comparable)
             if from_rope is not None and from_rope.grid != layout.grid:
                 raise ValueError(f"layout={layout} disagrees with the grid {from_rope} read off the model's RoPE table")
         if layout is None:
             layout = observed
         if layout is None:
-            layout = layout_from_rope(rope)
+            layout = layout_from_rope(rope, family)
         if layout is None:
             raise ValueError(
                 f"cannot infer the video grid of this {family} attention call ({video_tokens} video tokens): pass "

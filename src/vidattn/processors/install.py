@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 
 from ..context import AttentionContext, attach_context, detach_context
-from .families import detect_family, stock_processor
+from ..models import UnsupportedModelError, model_spec
+from .base import VideoAttnProcessor
+from .families import stock_processor
 
 
 def transformers_of(target) -> list[torch.nn.Module]:
@@ -28,36 +30,37 @@ def transformers_of(target) -> list[torch.nn.Module]:
 
 
 def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
-    """(name, module, family) of each video self-attention layer, in layer order.
+    """(name, module, family) of each video self-attention layer, in module order (the table in :mod:`vidattn.models`).
 
-    Wan: ``blocks.i.attn1``; HunyuanVideo: double-stream then single-stream ``attn`` (0-19, 20-59);
-    CogVideoX: ``transformer_blocks.i.attn1``. Text-only attention (HunyuanVideo's refiner) is skipped.
+    Wan: ``blocks.i.attn1`` (VACE: then ``vace_blocks.j.attn1``); HunyuanVideo: double-stream then single-stream
+    ``attn``; HunyuanVideo 1.5: ``transformer_blocks.i.attn``; CogVideoX and LTX-2: ``transformer_blocks.i.attn1``.
+    An unsupported transformer raises :class:`~vidattn.models.UnsupportedModelError` listing the supported classes.
     """
-    layers = []
-    for name, module in transformer.named_modules():
-        family = detect_family(module)
-        if family is None or (family in ("wan", "cogvideox") and not name.endswith("attn1")):
-            continue
-        layers.append((name, module, family))
+    spec = model_spec(transformer)
+    layers = [(name, module, spec.family) for name, module in transformer.named_modules() if spec.is_video_attention(name)]
     if not layers:
-        raise ValueError(
-            f"{type(transformer).__name__} has no supported video attention; supported families: Wan "
-            "(WanTransformer3DModel and variants), HunyuanVideo, CogVideoX"
-        )
+        raise UnsupportedModelError(f"{type(transformer).__name__} has no video attention modules at {spec.video_attention}")
     return layers
 
 
 def install_processors(target, make_processor: Callable[[int, str, AttentionContext], object]) -> AttentionContext:
     """Attach one step context to every transformer of ``target`` and give layer i the processor
     ``make_processor(i, family, context)``. Sharing the context makes ``dense_steps`` count pipeline steps,
-    also across Wan 2.2's switch from ``transformer`` to ``transformer_2``."""
+    also across Wan 2.2's switch from ``transformer`` to ``transformer_2``. A vidattn processor made without
+    ``family`` is bound to the layer's family from the model table."""
     transformers = transformers_of(target)
     layers = [video_attention_layers(t) for t in transformers]  # every check before anything is changed
     context = AttentionContext()
     for transformer, modules in zip(transformers, layers):
         attach_context(transformer, context)
         for index, (_, module, family) in enumerate(modules):
-            module.set_processor(make_processor(index, family, context))
+            processor = make_processor(index, family, context)
+            if isinstance(processor, VideoAttnProcessor):
+                if processor.family is None:
+                    processor.family = family
+                elif processor.family != family:
+                    raise ValueError(f"a processor for family {processor.family!r} cannot run on {type(transformer).__name__} (family {family!r})")
+            module.set_processor(processor)
     return context
 
 

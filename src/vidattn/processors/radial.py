@@ -14,8 +14,9 @@ from ..patterns.radial import RadialPattern, radial_plan
 from .base import MethodAttnProcessor
 from .config import MethodConfig
 
-# The official code pins the sink on for Wan and removed it for HunyuanVideo (commit 2f61c30).
-DEFAULT_SINK = {"wan": True, "hunyuan": False, "cogvideox": False}
+# The official code pins the sink on for Wan and removed it for HunyuanVideo (commit 2f61c30); SkyReels-V2 is a Wan,
+# HunyuanVideo 1.5, LTX-2 and Cosmos follow HunyuanVideo.
+DEFAULT_SINK = {"wan": True, "skyreels": True, "hunyuan": False, "hunyuan15": False, "cogvideox": False, "ltx2": False, "cosmos": False}
 
 
 @dataclass(frozen=True)
