@@ -3,6 +3,7 @@
 from . import processors as _processors
 from .context import AttentionContext, attach_context, detach_context
 from .layout import VideoLayout
+from .models import UnsupportedModelError
 from .processors import *  # noqa: F403 - the processors' public names are the package's
 
 __version__ = "0.1.0"
@@ -31,7 +32,7 @@ _LAZY = {
 }
 
 
-__all__ = sorted({"AttentionContext", "VideoLayout", "attach_context", "detach_context", *_processors.__all__, *_LAZY})
+__all__ = sorted({"AttentionContext", "UnsupportedModelError", "VideoLayout", "attach_context", "detach_context", *_processors.__all__, *_LAZY})
 
 
 def __getattr__(name: str):
