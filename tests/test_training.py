@@ -20,7 +20,7 @@ from vidattn.pipelines.default_model import build_default_pipeline
 from vidattn.training.cache import CachedLatentDataset, prepare_data
 from vidattn.training.config import TrainConfig
 from vidattn.training.dataset import BucketBatchSampler, VideoClipDataset, choose_bucket, frame_indices
-from vidattn.training.objectives import flow_matching_loss, sample_sigmas, shift_sigmas
+from vidattn.flow_matching import flow_matching_loss, sample_sigmas, shift_sigmas
 from vidattn.training.train_lora import add_lora, install_method, load_transformer, main, train
 
 TEXT_LEN = 8

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
 from ..latents import normalise_latents
-from ..training.objectives import flow_matching_loss  # the one import from the layer above: the LoRA trainer's loss
+from ..flow_matching import flow_matching_loss
 from .default_model import build_tokenizer
 
 STAGES = ("vae", "latents", "transformer", "decoder", "assemble")

@@ -7,7 +7,7 @@ from .cache import CachedLatentDataset, PrepareReport, prepare_data
 from .cache_check import CacheError, verify_cache
 from .config import TrainConfig
 from .dataset import BucketBatchSampler, VideoClipDataset
-from .objectives import flow_matching_loss, sample_sigmas, shift_sigmas
+from ..flow_matching import flow_matching_loss, sample_sigmas, shift_sigmas
 
 __all__ = [
     "BucketBatchSampler",

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .dataset import BucketBatchSampler
 from .finite import NonFiniteError, nonfinite_step, nonfinite_tensors
 from .killpoints import KillPoints
-from .objectives import flow_matching_loss
+from ..flow_matching import flow_matching_loss
 
 logger = logging.getLogger("vidattn.training")
 
