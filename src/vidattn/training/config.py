@@ -14,6 +14,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine")
 LOGGERS = (None, "tensorboard")
 NONFINITE = ("error", "skip")
+EXPERTS = ("transformer", "transformer_2")
 FLOAT_FIELDS = (
     "lora_alpha", "lora_dropout", "learning_rate", "extra_params_learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
     "adam_epsilon", "max_grad_norm", "shift", "ema_decay",
@@ -32,6 +33,8 @@ class TrainConfig:
     model: str
     data: str
     output_dir: str
+    # which transformer of a two-expert pipeline (Wan 2.2 A14B) to train; each trains on its side of boundary_ratio
+    expert: str = "transformer"
     # attention method active during training (a name of vidattn.processors.registry.METHODS, or "none")
     method: str = "none"
     method_args: dict = field(default_factory=dict)
@@ -78,6 +81,8 @@ class TrainConfig:
         for name in ("model", "data", "output_dir", "method"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS} (Wan 2.2 A14B: high-noise, low-noise), got {self.expert!r}")
         if self.method not in method_names():
             raise ValueError(f"method must be one of {method_names()} (attention during training), got {self.method!r}")
         if not isinstance(self.method_args, dict):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import re
@@ -55,8 +56,21 @@ class TrainResult:
     transformer: torch.nn.Module | None = field(default=None, repr=False)  # the trained (unwrapped) model
 
 
-def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The transformer of a diffusers pipeline folder (or a transformer folder), or of the embedded ``"default"``."""
+def expert_sigma_range(model: str, expert: str) -> tuple[float, float]:
+    """Noise levels ``expert`` denoises in its pipeline: Wan 2.2 A14B's ``transformer`` takes t >= boundary_ratio * 1000,
+    ``transformer_2`` the rest; a one-transformer pipeline takes them all (and has no ``transformer_2``)."""
+    folder = default_model_folder() if model == "default" else model
+    index = Path(folder) / "model_index.json" if folder else None
+    boundary = json.loads(index.read_text()).get("boundary_ratio") if index is not None and index.is_file() else None
+    if expert == "transformer_2" and boundary is None:
+        raise ValueError(f"expert transformer_2 needs a two-expert pipeline folder (Wan 2.2 A14B, boundary_ratio set); {model!r} has one transformer")
+    if boundary is None:
+        return (0.0, 1.0)
+    return (float(boundary), 1.0) if expert == "transformer" else (0.0, float(boundary))
+
+
+def load_transformer(model: str, dtype: torch.dtype = torch.float32, expert: str = "transformer") -> torch.nn.Module:
+    """Transformer ``expert`` of a diffusers pipeline folder (or a transformer folder), or of the embedded ``"default"``."""
     if model == "default" and default_model_folder() is None:
         from ..pipelines.default_model import build_default_pipeline
 
@@ -67,8 +81,10 @@ def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn
     path = Path(default_model_folder() if model == "default" else model)
     if not path.is_dir():
         raise ValueError(f"model must be a diffusers pipeline folder, a transformer folder or 'default', got {model!r}")
-    if (path / "transformer").is_dir():
-        return AutoModel.from_pretrained(str(path), subfolder="transformer", torch_dtype=dtype)
+    if (path / expert).is_dir():
+        return AutoModel.from_pretrained(str(path), subfolder=expert, torch_dtype=dtype)
+    if expert != "transformer":
+        raise ValueError(f"expert {expert!r}: no {expert}/ folder in {str(path)!r}")
     return AutoModel.from_pretrained(str(path), torch_dtype=dtype)
 
 
@@ -240,7 +256,8 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     )
     resume = None if overwrite else resolve_resume(config.resume_from_checkpoint, output_dir)
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-    transformer = load_transformer(config.model, weight_dtype)
+    sigma_range = expert_sigma_range(config.model, config.expert)
+    transformer = load_transformer(config.model, weight_dtype, config.expert)
     install_method(transformer, config.method, config.method_args, config.dense_layers)
     torch.manual_seed(config.seed)  # LoRA A init (DDP then broadcasts rank 0's copy)
     add_lora(transformer, config)
@@ -320,7 +337,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         bad = None
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = flow_matching_loss(model, latents, text, shift=config.shift, generator=generator)
+                loss = flow_matching_loss(model, latents, text, shift=config.shift, generator=generator, sigma_range=sigma_range)
             accelerator.backward(loss)
             group_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / accum  # the same on every rank
             if accelerator.sync_gradients:
