@@ -47,6 +47,7 @@ class VAESettings:
     latent_hint_weight: float = 1.0
     decoder_steps: int = 0
     decoder_learning_rate: float = 1e-3
+    decoder_clip_frames: int | None = None  # clip length of the decoder stage (None: clip_frames); 17 = whole clips
     crop_on_shape: bool = True     # centre each crop near the shape (every crop shows one) instead of anywhere
     hint_foreground_weight: float = 8.0  # extra latent-hint weight on cells the shape covers (colour must survive)
     warmup: int = 50
@@ -227,6 +228,9 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         opt.load_state_dict(state["opt"])
         step = state["step"]
     data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
+    # The causal VAE decodes chunk by chunk through a cache: clips of 9 frames never train the third chunk onwards,
+    # and it drifted in colour there (red decoded yellow in frames 13-16); the decoder stage sees whole clips.
+    clip_frames = v.decoder_clip_frames if decoder_only and v.decoder_clip_frames else v.clip_frames
     rng = np.random.default_rng([cfg.seed, 1, step])
     vae.train()
     while step < total:
@@ -238,15 +242,15 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
             sample = data[int(rng.integers(len(data)))]
             video = sample.video
             backgrounds.append(COLORS[sample.background])
-            f0 = int(rng.integers(cfg.frames - v.clip_frames + 1))
+            f0 = int(rng.integers(cfg.frames - clip_frames + 1))
             y0, x0 = (int(rng.integers(s - v.crop + 1)) for s in (cfg.height, cfg.width))
             if v.crop_on_shape:
-                mid = video[f0 + v.clip_frames // 2]
+                mid = video[f0 + clip_frames // 2]
                 ys, xs = np.nonzero(np.abs(mid - np.asarray(COLORS[sample.background])).max(-1) > 0.1)
                 if len(xs):
                     y0, x0 = (int(np.clip(round(c) - v.crop // 2 + rng.integers(-v.crop // 4, v.crop // 4 + 1), 0, s - v.crop))
                               for c, s in ((ys.mean(), cfg.height), (xs.mean(), cfg.width)))
-            clips.append(video[f0 : f0 + v.clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
+            clips.append(video[f0 : f0 + clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
         x = to_pixels(np.stack(clips))
         posterior = vae.encode(x).latent_dist
         latents = posterior.mode()  # a deterministic autoencoder: the mean is the latent
