@@ -10,6 +10,7 @@ import torch
 from ..context import AttentionContext
 from ..layout import VideoLayout
 from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
+from .parallel import dense_attend, share_with_stock, ulysses_attend, ulysses_group
 
 ConfigT = TypeVar("ConfigT")
 
@@ -29,7 +30,11 @@ class VideoAttnProcessor:
 
     Cross-attention, non-video attention and dense warm-up calls run the family's stock processor, so they
     are exact. Subclasses implement ``attend(query, key, value, layout, key_valid, family) -> out`` on (B, H, N, D).
+    Under diffusers' Ulysses context parallelism ``attend`` sees the whole sequence with H/N heads (processors/parallel.py).
     """
+
+    _attention_backend = None  # diffusers' enable_parallelism / set_attention_backend look for these two attributes
+    _parallel_config = None
 
     def __init__(
         self,
@@ -76,9 +81,13 @@ class VideoAttnProcessor:
     ):
         family = self.family or detect_family(attn)
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
-        if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
+        group = ulysses_group(self._parallel_config)  # None unless context-parallel; refuses ring / *_anything
+        video = family is not None and is_video_self_attention(family, attn, encoder_hidden_states)
+        if not video or (self.is_dense_now() and group is None):
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
+        if group is not None:  # Ulysses: the kernel (or exact dense warm-up) on the whole sequence with H/N heads
+            return call.finish(ulysses_attend(self, call, family, group, dense_attend if self.is_dense_now() else self.attend))
         layout = self.resolve_layout(family, rope, call.query.shape[-2] - call.text).with_text(call.text, call.text_position)
         out = self.attend(call.query, call.key, call.value, layout, call.key_valid, family)
         return call.finish(out)
@@ -87,6 +96,7 @@ class VideoAttnProcessor:
         if family not in self._stock:
             self._stock[family] = stock_processor(family)
         stock = self._stock[family]
+        share_with_stock(self, stock)
         if family == "wan":
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, rope)
         if family is not None:

@@ -26,6 +26,7 @@ from ..patterns.plan import BlockPlan
 from .base import VideoAttnProcessor, config_with_overrides
 from .families import _wan_rope, detect_family, is_video_self_attention, project
 from .install import install_processors, remove_processors
+from .parallel import refuse_parallel
 
 MODES = ("hybrid", "window", "dense")
 ROPE_THETA = 10000.0  # WanRotaryPosEmbed's theta (not configurable in WanTransformer3DModel)
@@ -251,6 +252,7 @@ class HybridAttnProcessor(VideoAttnProcessor):
 
     # -- routing -------------------------------------------------------------------------------------
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        refuse_parallel(self, "HybridAttnProcessor (streaming: rolling K/V cache per chunk)")
         if detect_family(attn) != "wan":
             raise ValueError(f"HybridAttnProcessor supports Wan attention only (family 'wan'), got {type(attn).__name__}")
         cache_key = self.layer_idx if self.layer_idx is not None else id(attn)

@@ -8,6 +8,7 @@ import torch
 
 from ..context import AttentionContext, attach_context, detach_context
 from .families import detect_family, stock_processor
+from .parallel import share_parallel_config
 
 
 def video_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
@@ -36,6 +37,7 @@ def install_processors(transformer: torch.nn.Module, make_processor: Callable[[i
     context = attach_context(transformer)
     for index, (_, module, family) in enumerate(layers):
         module.set_processor(make_processor(index, family, context))
+    share_parallel_config(transformer)  # a model already under context parallelism hands its config to the new processors
     return context
 
 
@@ -51,4 +53,5 @@ def remove_processors(transformer: torch.nn.Module) -> None:
     """Undo :func:`install_processors`: stock processors back on the video layers and the hook removed."""
     for _, module, family in video_attention_layers(transformer):
         module.set_processor(stock_processor(family))
+    share_parallel_config(transformer)
     detach_context(transformer)

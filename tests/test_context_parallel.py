@@ -1,0 +1,265 @@
+"""Every method under diffusers' Ulysses context parallelism (2 gloo processes) equals its single-process output.
+
+The jobs below run inside both workers (see cp_harness.py); each computes its single-process reference in the
+same worker before enabling parallelism and returns max |CP - reference| per case from rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+from cp_harness import run_on_two_processes, ulysses_mesh
+from tiny_models import cogvideox_inputs, hunyuan_inputs, tiny_cogvideox, tiny_hunyuan
+
+from vidattn import VideoLayout
+from vidattn.processors import (
+    DenseAttnProcessor,
+    MonarchAttnProcessor,
+    MonarchConfig,
+    RadialAttnProcessor,
+    RadialConfig,
+    VMoBAAttnProcessor,
+    VMoBAConfig,
+    WindowAttnProcessor,
+    WindowConfig,
+    apply_monarch_attention,
+    apply_radial_attention,
+    apply_vmoba_attention,
+    apply_window_attention,
+    video_attention_layers,
+)
+from vidattn.processors.parallel import share_parallel_config, vidattn_cp_plan
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable")
+
+TOL = 1e-5
+WAN_LAYOUT = VideoLayout(4, 4, 4)  # latent (B, 4, 4, 8, 8) with patch (1, 2, 2): 64 tokens, 32 per rank
+VMOBA = dict(temporal_chunk=2, spatial_chunk=(2, 2), st_chunk=(2, 2, 3), block_size=8, backend="gather", threshold=0.2)
+
+# name -> (drop-in processor factory(layout), apply_* installer, its config); every config is sparse on the grid.
+METHODS = {
+    "dense": (lambda layout: DenseAttnProcessor(block_size=8, backend="gather", layout=layout), None, None),
+    "radial": (
+        lambda layout: RadialAttnProcessor(decay=0.5, block_size=8, backend="gather", layout=layout),
+        apply_radial_attention,
+        RadialConfig(decay=0.5, block_size=8, backend="gather", dense_layers=1),
+    ),
+    "vmoba": (lambda layout: VMoBAAttnProcessor(layout=layout, **VMOBA), apply_vmoba_attention, VMoBAConfig(**VMOBA)),
+    "window": (
+        lambda layout: WindowAttnProcessor(window=(1, 1, 1), block_size=8, backend="gather", layout=layout),
+        apply_window_attention,
+        WindowConfig(window=(1, 1, 1), block_size=8, backend="gather"),
+    ),
+    "monarch": (lambda layout: MonarchAttnProcessor(h_reduce=2, layout=layout), apply_monarch_attention, MonarchConfig(h_reduce=2)),
+}
+
+
+def tiny_wan_cp(heads: int = 4):
+    """The spec's tiny Wan (4 heads of 16) with a fixed seed."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+    ).eval()
+
+
+def wan_cp_inputs(batch: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return dict(
+        hidden_states=torch.randn(batch, 4, 4, 8, 8, generator=g),
+        timestep=torch.tensor([500] * batch),
+        encoder_hidden_states=torch.randn(batch, 8, 16, generator=g),
+        return_dict=False,
+    )
+
+
+def forward(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs)[0]
+
+
+def enable(model, mesh, cp_plan=None, **config) -> None:
+    from diffusers import ContextParallelConfig
+
+    model.enable_parallelism(config=ContextParallelConfig(mesh=mesh, **{"ulysses_degree": 2, **config}), cp_plan=cp_plan)
+
+
+def install(model, method: str, kind: str, layout) -> None:
+    make, apply, config = METHODS[method]
+    if kind == "drop-in":
+        model.set_attn_processor(make(layout))
+    else:
+        apply(model, config)
+
+
+class SeenShapes(RadialAttnProcessor):
+    """Radial that records the (B, H, N, D) its kernel sees."""
+
+    seen: list = []
+
+    def attend(self, query, key, value, layout, key_valid, family):
+        self.seen.append(tuple(query.shape))
+        return super().attend(query, key, value, layout, key_valid, family)
+
+
+# -- jobs (run in both workers) -----------------------------------------------------------------------------------
+def job_wan_methods() -> dict:
+    """max |CP - single process| for each method x (drop-in, apply_*) x (installed before, after enable_parallelism)."""
+    mesh, base, inputs = ulysses_mesh(), tiny_wan_cp(), wan_cp_inputs()
+    results = {}
+    stock_ref = forward(copy.deepcopy(base), inputs)
+    model = copy.deepcopy(base)
+    enable(model, mesh)
+    results["stock"] = (forward(model, inputs) - stock_ref).abs().max().item()
+    for method, (_, apply, _) in METHODS.items():
+        for kind in ("drop-in", "apply") if apply else ("drop-in",):
+            single = copy.deepcopy(base)
+            install(single, method, kind, WAN_LAYOUT)
+            ref = forward(single, inputs)
+            results[f"{method}/{kind}/sparse"] = (ref - stock_ref).abs().max().item()
+            for order in ("before", "after"):
+                model = copy.deepcopy(base)
+                if order == "before":
+                    install(model, method, kind, WAN_LAYOUT)
+                    enable(model, mesh)
+                else:
+                    enable(model, mesh)
+                    install(model, method, kind, WAN_LAYOUT)
+                    share_parallel_config(model)  # a raw set_attn_processor after enable_parallelism needs this
+                results[f"{method}/{kind}/{order}"] = (forward(model, inputs) - ref).abs().max().item()
+    model = copy.deepcopy(base)
+    model.set_attn_processor(SeenShapes(decay=0.5, block_size=8, backend="gather", layout=WAN_LAYOUT))
+    enable(model, mesh)
+    SeenShapes.seen.clear()
+    forward(model, inputs)
+    results["seen"] = sorted(set(SeenShapes.seen))
+    return results
+
+
+def _error(fn) -> str:
+    try:
+        fn()
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+def job_wan_refusals() -> dict:
+    """The messages of what a vidattn processor must refuse under context parallelism (both ranks raise alike)."""
+    inputs, results = wan_cp_inputs(), {}
+
+    def ring():
+        model = tiny_wan_cp()
+        model.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8, layout=WAN_LAYOUT))
+        enable(model, ulysses_mesh(ring=2, ulysses=1), ulysses_degree=1, ring_degree=2)
+        forward(model, inputs)
+
+    def ring_apply_after():
+        model = tiny_wan_cp()
+        enable(model, ulysses_mesh(ring=2, ulysses=1), ulysses_degree=1, ring_degree=2)
+        apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
+
+    def anything():
+        model = tiny_wan_cp()
+        apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
+        enable(model, ulysses_mesh(), ulysses_anything=True)
+        forward(model, inputs)
+
+    def no_layout():
+        model = tiny_wan_cp()
+        model.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8))
+        enable(model, ulysses_mesh())
+        forward(model, inputs)
+
+    def odd_heads():
+        model = tiny_wan_cp(heads=3)
+        apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
+        enable(model, ulysses_mesh())
+        forward(model, inputs)
+
+    for name, fn in dict(ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads).items():
+        results[name] = _error(fn)
+    return results
+
+
+def _joint_cases(build, inputs, layout) -> dict:
+    """Dense, radial (drop-in with layout=) and radial via apply_* (with a dense layer) under Ulysses with vidattn_cp_plan."""
+    mesh, base, results = ulysses_mesh(), build(), {}
+    cases = {
+        "dense": lambda m: m.set_attn_processor(DenseAttnProcessor(block_size=8, backend="gather", layout=layout)),
+        "radial/drop-in": lambda m: m.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8, backend="gather", layout=layout)),
+        "radial/apply": lambda m: apply_radial_attention(m, RadialConfig(decay=0.5, block_size=8, backend="gather", dense_layers=1)),
+        "vmoba/apply": lambda m: apply_vmoba_attention(m, VMoBAConfig(**VMOBA)),
+    }
+    stock_ref = forward(copy.deepcopy(base), inputs)
+    for name, setup in cases.items():
+        single = copy.deepcopy(base)
+        setup(single)
+        ref = forward(single, inputs)
+        results[f"{name}/sparse"] = (ref - stock_ref).abs().max().item()
+        model = copy.deepcopy(base)
+        setup(model)
+        enable(model, mesh, cp_plan=vidattn_cp_plan(model))
+        results[name] = (forward(model, inputs) - ref).abs().max().item()
+    return results
+
+
+def job_hunyuan() -> dict:
+    # 4 frames x 4 x 5 tokens = 80 video tokens (40 per rank); 6 text tokens, the second prompt padded
+    return _joint_cases(tiny_hunyuan, hunyuan_inputs(frames=4), VideoLayout(4, 4, 5))
+
+
+def job_cogvideox() -> dict:
+    # CogVideoX-5b style (RoPE): 4 frames x 4 x 5 = 80 video tokens after 7 text tokens
+    return _joint_cases(lambda: tiny_cogvideox(True), cogvideox_inputs(True, frames=4), VideoLayout(4, 4, 5))
+
+
+# -- tests (run in the pytest process) ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wan_results() -> dict:
+    return run_on_two_processes("test_context_parallel", "job_wan_methods")
+
+
+def test_stock_ulysses_equals_single_process(wan_results):
+    assert wan_results["stock"] <= TOL
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_under_ulysses_equals_single_process(wan_results, method):
+    kinds = ("drop-in", "apply") if METHODS[method][1] else ("drop-in",)
+    for kind in kinds:
+        for order in ("before", "after"):
+            assert wan_results[f"{method}/{kind}/{order}"] <= TOL, (kind, order, wan_results)
+        if method != "dense":
+            assert wan_results[f"{method}/{kind}/sparse"] > 1e-4, f"{method} should differ from dense on this grid"
+
+
+def test_kernel_sees_the_whole_sequence_with_half_the_heads(wan_results):
+    assert wan_results["seen"] == [(2, 2, 64, 16)]
+
+
+def test_what_cannot_be_honoured_is_refused():
+    errors = run_on_two_processes("test_context_parallel", "job_wan_refusals")
+    assert "ring_degree=2" in errors["ring"] and "Ulysses" in errors["ring"]
+    assert "ring_degree=2" in errors["ring_apply_after"]
+    assert "ulysses_anything" in errors["anything"] and "Ulysses" in errors["anything"]
+    assert "cannot be read off the RoPE" in errors["no_layout"]
+    assert "must divide the number of attention heads (3)" in errors["odd_heads"]
+
+
+@pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])
+def test_joint_text_families_under_ulysses(job):
+    results = run_on_two_processes("test_context_parallel", job)
+    for name in ("dense", "radial/drop-in", "radial/apply", "vmoba/apply"):
+        assert results[name] <= TOL, (name, results)
+    assert results["radial/drop-in/sparse"] > 1e-4
+
+
+def test_cp_plan_refuses_unknown_models():
+    with pytest.raises(ValueError, match="no context-parallel plan"):
+        vidattn_cp_plan(torch.nn.Linear(2, 2))
