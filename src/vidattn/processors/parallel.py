@@ -131,7 +131,8 @@ def _gather_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """(B, H/N, T, D) on each rank -> (B, H, T, D), heads in rank order (the all-to-all's head assignment)."""
     import torch.distributed._functional_collectives as funcol
 
-    out = funcol.all_gather_tensor_autograd(x.contiguous(), 1, group)
+    gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+    out = gather(x.contiguous(), 1, group)
     return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
@@ -201,9 +202,10 @@ def vidattn_cp_plan(transformer: torch.nn.Module) -> dict:
             "proj_out": Gather(gather_dim=1, expected_dims=3),
         }
     if name == "CogVideoXTransformer3DModel":
-        rope = Split(split_dim=0, expected_dims=2)
+        rope = Split(split_dim=0, expected_dims=2)  # the pipeline's RoPE reaches every block from the top-level call
         return {
-            "transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3), "image_rotary_emb": [rope, rope]},
+            "": {"image_rotary_emb": [rope, rope]},
+            "transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
             "proj_out": Gather(gather_dim=1, expected_dims=3),
         }
     plan = getattr(transformer, "_cp_plan", None)
