@@ -46,7 +46,7 @@ def _worker(rank: int, port: int, module: str, job: str, out_path: str) -> None:
         dist.destroy_process_group()
 
 
-def run_on_two_processes(module: str, job: str, timeout: float = 55.0):
+def run_on_two_processes(module: str, job: str, timeout: float = 58.0):
     """``module.job()`` on 2 gloo ranks; rank 0's return value. Raises on a worker error or after ``timeout`` s."""
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "result.pt")

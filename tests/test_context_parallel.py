@@ -149,41 +149,64 @@ def _error(fn) -> str:
     return "no error"
 
 
-def job_wan_refusals() -> dict:
-    """The messages of what a vidattn processor must refuse under context parallelism (both ranks raise alike)."""
-    inputs, results = wan_cp_inputs(), {}
+def job_wan_pipeline_and_refusals() -> dict:
+    """The tiny WanPipeline with radial under Ulysses vs one process, and the messages of what must be refused."""
+    from vidattn.pipelines.default_model import build_default_pipeline
+
+    ulysses, ring_mesh, inputs = ulysses_mesh(), ulysses_mesh(ring=2, ulysses=1), wan_cp_inputs()
+    pipe = build_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    apply_radial_attention(pipe.transformer, RadialConfig(decay=0.5, block_size=8, backend="gather", dense_steps=1))
+
+    def frames() -> torch.Tensor:  # 9 frames of 64x64 -> a 3x4x4 latent grid (48 tokens); CFG: 2 calls per step
+        generator = torch.Generator().manual_seed(0)
+        out = pipe("a red circle moving left", negative_prompt="blue", num_frames=9, height=64, width=64,
+                   num_inference_steps=2, guidance_scale=3.0, generator=generator, output_type="pt")
+        return out.frames
+
+    reference = frames()
+    enable(pipe.transformer, ulysses)
+    results = {"pipeline": (frames() - reference).abs().max().item(), "pipeline_frames": tuple(reference.shape)}
 
     def ring():
         model = tiny_wan_cp()
         model.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8, layout=WAN_LAYOUT))
-        enable(model, ulysses_mesh(ring=2, ulysses=1), ulysses_degree=1, ring_degree=2)
+        enable(model, ring_mesh, ulysses_degree=1, ring_degree=2)
         forward(model, inputs)
 
     def ring_apply_after():
         model = tiny_wan_cp()
-        enable(model, ulysses_mesh(ring=2, ulysses=1), ulysses_degree=1, ring_degree=2)
+        enable(model, ring_mesh, ulysses_degree=1, ring_degree=2)
         apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
 
     def anything():
         model = tiny_wan_cp()
         apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
-        enable(model, ulysses_mesh(), ulysses_anything=True)
+        enable(model, ulysses, ulysses_anything=True)
         forward(model, inputs)
 
     def no_layout():
         model = tiny_wan_cp()
         model.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8))
-        enable(model, ulysses_mesh())
+        enable(model, ulysses)
         forward(model, inputs)
 
     def odd_heads():
         model = tiny_wan_cp(heads=3)
         apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
-        enable(model, ulysses_mesh())
+        enable(model, ulysses)
         forward(model, inputs)
 
-    for name, fn in dict(ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads).items():
-        results[name] = _error(fn)
+    def streaming():
+        from vidattn import HybridAttnProcessor
+
+        model = tiny_wan_cp()
+        model.set_attn_processor(HybridAttnProcessor(layout=WAN_LAYOUT))
+        enable(model, ulysses)
+        forward(model, inputs)
+
+    cases = dict(ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads, streaming=streaming)
+    results.update({name: _error(fn) for name, fn in cases.items()})
     return results
 
 
@@ -243,13 +266,24 @@ def test_kernel_sees_the_whole_sequence_with_half_the_heads(wan_results):
     assert wan_results["seen"] == [(2, 2, 64, 16)]
 
 
-def test_what_cannot_be_honoured_is_refused():
-    errors = run_on_two_processes("test_context_parallel", "job_wan_refusals")
+@pytest.fixture(scope="module")
+def misc_results() -> dict:
+    return run_on_two_processes("test_context_parallel", "job_wan_pipeline_and_refusals")
+
+
+def test_wan_pipeline_with_radial_under_ulysses_writes_the_same_frames(misc_results):
+    assert misc_results["pipeline_frames"] == (1, 9, 3, 64, 64)
+    assert misc_results["pipeline"] <= TOL
+
+
+def test_what_cannot_be_honoured_is_refused(misc_results):
+    errors = misc_results
     assert "ring_degree=2" in errors["ring"] and "Ulysses" in errors["ring"]
     assert "ring_degree=2" in errors["ring_apply_after"]
     assert "ulysses_anything" in errors["anything"] and "Ulysses" in errors["anything"]
     assert "cannot be read off the RoPE" in errors["no_layout"]
     assert "must divide the number of attention heads (3)" in errors["odd_heads"]
+    assert "does not support context parallelism" in errors["streaming"]
 
 
 @pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])
