@@ -297,3 +297,48 @@ def test_joint_text_families_under_ulysses(job):
 def test_cp_plan_refuses_unknown_models():
     with pytest.raises(ValueError, match="no context-parallel plan"):
         vidattn_cp_plan(torch.nn.Linear(2, 2))
+
+
+CLI_ARGS = ["generate", "--method", "radial", "--param", "backend=gather", "--steps", "2", "--frames", "9", "--guidance", "3", "--seed", "3"]
+
+
+def job_cli(folder: str) -> list:
+    """`vidattn generate --context-parallel ulysses=2` on both ranks into ``folder``; the files there afterwards."""
+    import os
+
+    from vidattn.cli.main import main
+
+    main([*CLI_ARGS, "--context-parallel", "ulysses=2", "--out", os.path.join(folder, "cp.mp4")])
+    dist.barrier()
+    return sorted(os.listdir(folder))
+
+
+def test_cli_generate_under_context_parallel_writes_one_video_from_rank_0(tmp_path):
+    import imageio
+
+    from vidattn.cli.main import main
+
+    main([*CLI_ARGS, "--out", str(tmp_path / "single.mp4")])  # the one-process reference, in this process
+    files = run_on_two_processes("test_context_parallel", "job_cli", str(tmp_path))
+    assert files == ["cp.mp4", "single.mp4"]  # one video from the 2-process run: rank 1 writes nothing
+    single, parallel = imageio.mimread(tmp_path / "single.mp4"), imageio.mimread(tmp_path / "cp.mp4")
+    assert len(single) == len(parallel) == 9
+    assert max(int(abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(single, parallel)) <= 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--context-parallel", "ring=2"], "must be ulysses=N"),
+        (["--context-parallel", "ulysses=1"], "must be ulysses=N"),
+        (["--context-parallel", "ulysses=2", "--pipeline", "freeswim"], "supports --pipeline text2video only"),
+        (["--context-parallel", "ulysses=2"], "runs under torchrun"),
+    ],
+)
+def test_cli_context_parallel_bad_input(argv, message, monkeypatch, tmp_path):
+    from vidattn.cli.main import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit, match=message):
+        main(["generate", "--out", str(tmp_path / "x.mp4"), *argv])
+    assert not (tmp_path / "x.mp4").exists()
