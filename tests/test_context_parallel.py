@@ -205,7 +205,14 @@ def job_wan_pipeline_and_refusals() -> dict:
         enable(model, ulysses)
         forward(model, inputs)
 
-    cases = dict(ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads, streaming=streaming)
+    def freeswim():
+        from vidattn.processors import install_cross_override
+
+        model = tiny_wan_cp()
+        enable(model, ulysses)
+        install_cross_override(model, WindowAttnProcessor(window=(1, 1, 1)))
+
+    cases = dict(freeswim=freeswim, ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads, streaming=streaming)
     results.update({name: _error(fn) for name, fn in cases.items()})
     return results
 
@@ -284,6 +291,7 @@ def test_what_cannot_be_honoured_is_refused(misc_results):
     assert "cannot be read off the RoPE" in errors["no_layout"]
     assert "must divide the number of attention heads (3)" in errors["odd_heads"]
     assert "does not support context parallelism" in errors["streaming"]
+    assert "FreeSwim cross-attention override does not support context parallelism" in errors["freeswim"]
 
 
 @pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])

@@ -213,6 +213,8 @@ def install_cross_override(
     Undo with :func:`remove_cross_override` (or ``transformer.set_attn_processor(saved)``).
     """
     blocks = _wan_blocks(transformer)
+    if getattr(transformer, "_parallel_config", None) is not None:  # its wrapper processors would hide the config from attn1
+        raise ValueError("the FreeSwim cross-attention override does not support context parallelism (its window branch would compute on this rank's shard); run FreeSwim on one process")
     windows = list(window) if isinstance(window, (list, tuple)) else [window] * len(blocks)
     if len(windows) != len(blocks):
         raise ValueError(f"window must be one processor or one per block ({len(blocks)}), got {len(windows)}")
