@@ -225,6 +225,8 @@ def _joint_cases(build, inputs, layout) -> dict:
         "radial/drop-in": lambda m: m.set_attn_processor(RadialAttnProcessor(decay=0.5, block_size=8, backend="gather", layout=layout)),
         "radial/apply": lambda m: apply_radial_attention(m, RadialConfig(decay=0.5, block_size=8, backend="gather", dense_layers=1)),
         "vmoba/apply": lambda m: apply_vmoba_attention(m, VMoBAConfig(**VMOBA)),
+        "window/apply": lambda m: apply_window_attention(m, WindowConfig(window=(1, 1, 1), block_size=8, backend="gather")),
+        "monarch/apply": lambda m: apply_monarch_attention(m, MonarchConfig(h_reduce=2)),
     }
     stock_ref = forward(copy.deepcopy(base), inputs)
     for name, setup in cases.items():
@@ -246,7 +248,16 @@ def job_hunyuan() -> dict:
 
 def job_cogvideox() -> dict:
     # CogVideoX-5b style (RoPE): 4 frames x 4 x 5 = 80 video tokens after 7 text tokens
-    return _joint_cases(lambda: tiny_cogvideox(True), cogvideox_inputs(True, frames=4), VideoLayout(4, 4, 5))
+    results = _joint_cases(lambda: tiny_cogvideox(True), cogvideox_inputs(True, frames=4), VideoLayout(4, 4, 5))
+    # CogVideoX-2b style (no RoPE): the plan's RoPE entry is skipped
+    base, inputs = tiny_cogvideox(False), cogvideox_inputs(False, frames=4)
+    single, model = copy.deepcopy(base), copy.deepcopy(base)
+    for m in (single, model):
+        apply_radial_attention(m, RadialConfig(decay=0.5, block_size=8, backend="gather"))
+    ref = forward(single, inputs)
+    enable(model, ulysses_mesh(), cp_plan=vidattn_cp_plan(model))
+    results["2b radial/apply"] = (forward(model, inputs) - ref).abs().max().item()
+    return results
 
 
 # -- tests (run in the pytest process) ------------------------------------------------------------------------------
@@ -297,9 +308,12 @@ def test_what_cannot_be_honoured_is_refused(misc_results):
 @pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])
 def test_joint_text_families_under_ulysses(job):
     results = run_on_two_processes("test_context_parallel", job)
-    for name in ("dense", "radial/drop-in", "radial/apply", "vmoba/apply"):
+    for name in ("dense", "radial/drop-in", "radial/apply", "vmoba/apply", "window/apply", "monarch/apply"):
         assert results[name] <= TOL, (name, results)
-    assert results["radial/drop-in/sparse"] > 1e-4
+        if name != "dense":
+            assert results[f"{name}/sparse"] > 1e-4, f"{name} should differ from dense on this grid"
+    if job == "job_cogvideox":
+        assert results["2b radial/apply"] <= TOL
 
 
 def test_cp_plan_refuses_unknown_models():

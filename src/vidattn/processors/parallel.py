@@ -202,12 +202,14 @@ def vidattn_cp_plan(transformer: torch.nn.Module) -> dict:
             "proj_out": Gather(gather_dim=1, expected_dims=3),
         }
     if name == "CogVideoXTransformer3DModel":
-        rope = Split(split_dim=0, expected_dims=2)  # the pipeline's RoPE reaches every block from the top-level call
-        return {
-            "": {"image_rotary_emb": [rope, rope]},
+        plan = {
             "transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
             "proj_out": Gather(gather_dim=1, expected_dims=3),
         }
+        if transformer.config.use_rotary_positional_embeddings:  # the pipeline's RoPE reaches every block from the top-level call
+            rope = Split(split_dim=0, expected_dims=2)
+            plan[""] = {"image_rotary_emb": [rope, rope]}
+        return plan
     plan = getattr(transformer, "_cp_plan", None)
     if plan is None:
         raise ValueError(
