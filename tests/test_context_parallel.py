@@ -29,7 +29,7 @@ from vidattn.processors import (
     apply_radial_attention,
     apply_vmoba_attention,
     apply_window_attention,
-    video_attention_layers,
+    remove_radial_attention,
 )
 from vidattn.processors.parallel import share_parallel_config, vidattn_cp_plan
 
@@ -243,7 +243,12 @@ def _joint_cases(build, inputs, layout) -> dict:
 
 def job_hunyuan() -> dict:
     # 4 frames x 4 x 5 tokens = 80 video tokens (40 per rank); 6 text tokens, the second prompt padded
-    return _joint_cases(tiny_hunyuan, hunyuan_inputs(frames=4), VideoLayout(4, 4, 5))
+    results = _joint_cases(tiny_hunyuan, hunyuan_inputs(frames=4), VideoLayout(4, 4, 5))
+    model = tiny_hunyuan()
+    apply_radial_attention(model, RadialConfig(decay=0.5, block_size=8))
+    enable(model, ulysses_mesh(), cp_plan=vidattn_cp_plan(model))
+    results["stock restored"] = _error(lambda: remove_radial_attention(model))
+    return results
 
 
 def job_cogvideox() -> dict:
@@ -312,6 +317,8 @@ def test_joint_text_families_under_ulysses(job):
         assert results[name] <= TOL, (name, results)
         if name != "dense":
             assert results[f"{name}/sparse"] > 1e-4, f"{name} should differ from dense on this grid"
+    if job == "job_hunyuan":
+        assert "stock HunyuanVideoAttnProcessor2_0 is not correct under context parallelism" in results["stock restored"]
     if job == "job_cogvideox":
         assert results["2b radial/apply"] <= TOL
 

@@ -74,8 +74,21 @@ def share_parallel_config(transformer: torch.nn.Module) -> None:
     check_ulysses_config(config.context_parallel_config)
     for module in transformer.modules():
         processor = getattr(module, "processor", None)
+        if isinstance(processor, _joint_stock_processors()):
+            raise ValueError(
+                f"the stock {type(processor).__name__} is not correct under context parallelism (joint text tokens would go "
+                "through the all-to-all): install a vidattn processor on every video attention layer (DenseAttnProcessor for dense)"
+            )
         if processor is not None and hasattr(processor, "_parallel_config"):
             processor._parallel_config = config
+
+
+def _joint_stock_processors() -> tuple[type, ...]:
+    """Stock processors of the joint-text families, wrong under Ulysses with :func:`vidattn_cp_plan`."""
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+    return (HunyuanVideoAttnProcessor2_0, CogVideoXAttnProcessor2_0)
 
 
 def refuse_parallel(processor: Any, what: str) -> None:
