@@ -205,15 +205,30 @@ def job_wan_pipeline_and_refusals() -> dict:
         enable(model, ulysses)
         forward(model, inputs)
 
-    def freeswim():
-        from vidattn.processors import install_cross_override
-
-        model = tiny_wan_cp()
-        enable(model, ulysses)
-        install_cross_override(model, WindowAttnProcessor(window=(1, 1, 1)))
-
-    cases = dict(freeswim=freeswim, ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads, streaming=streaming)
+    cases = dict(ring=ring, ring_apply_after=ring_apply_after, anything=anything, no_layout=no_layout, odd_heads=odd_heads, streaming=streaming)
     results.update({name: _error(fn) for name, fn in cases.items()})
+    return results
+
+
+def job_freeswim() -> dict:
+    """FreeSwim (stage 1 stock, stage 2 window + cross-attention override, CFG) under Ulysses vs one process."""
+    from vidattn.pipelines.default_model import build_default_pipeline
+    from vidattn.pipelines.freeswim import FreeSwimPipeline
+    from vidattn.processors import install_cross_override
+
+    pipe = build_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    freeswim = FreeSwimPipeline.from_pipe(pipe, base_size=(32, 32), backend="gather")  # window (all frames, 1, 1)
+
+    def frames() -> torch.Tensor:  # stage 1: 2x2x2 latent tokens, stage 2: 2x4x4
+        return freeswim("a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=4, strength=0.75,
+                        base_num_inference_steps=2, cache_steps=2, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                        output_type="pt").frames
+
+    reference = frames()
+    enable(pipe.transformer, ulysses_mesh())
+    results = {"freeswim": (frames() - reference).abs().max().item(), "stats": freeswim.last_stats}
+    results["foreign window"] = _error(lambda: install_cross_override(pipe.transformer, lambda *args, **kwargs: None))
     return results
 
 
@@ -307,7 +322,13 @@ def test_what_cannot_be_honoured_is_refused(misc_results):
     assert "cannot be read off the RoPE" in errors["no_layout"]
     assert "must divide the number of attention heads (3)" in errors["odd_heads"]
     assert "does not support context parallelism" in errors["streaming"]
-    assert "FreeSwim cross-attention override does not support context parallelism" in errors["freeswim"]
+
+
+def test_freeswim_under_ulysses_equals_single_process():
+    results = run_on_two_processes("test_context_parallel", "job_freeswim")
+    assert results["freeswim"] <= TOL, results
+    assert results["stats"]["window_passes"] > 0 and results["stats"]["injected_passes"] > 0
+    assert "takes no context-parallel config" in results["foreign window"]
 
 
 @pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])

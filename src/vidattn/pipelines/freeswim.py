@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..layout import VideoLayout
 from ..processors.cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -87,10 +88,12 @@ class FreeSwimPipeline:
             raise ValueError(f"{name} {tuple(size)} must be multiples of {self.stride} (VAE stride x patch size)")
         return (int(size[0]), int(size[1]))
 
-    def _window_branch(self) -> Any:
+    def _window_branch(self, layout: Any = None) -> Any:
         if self.window_processor is not None:
             return self.window_processor
-        return _default_window_processor(self.window, self.inward, self.attn_scale_factor, self.backend)
+        processor = _default_window_processor(self.window, self.inward, self.attn_scale_factor, self.backend)
+        processor.layout = layout  # the global grid under context parallelism (the RoPE describes one rank's shard)
+        return processor
 
     # -- the two stages --------------------------------------------------------------------------------
     def upsample(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -212,7 +215,10 @@ class FreeSwimPipeline:
         saved = dict(transformer.attn_processors)
         controller = CrossAttnOverride(len(transformer.blocks), cache_steps, override_uncond, self.offload_cache)
         try:
-            install_cross_override(transformer, self._window_branch(), controller, FullAttnProcessor(self.attn_scale_factor))
+            grid = None
+            if getattr(transformer, "_parallel_config", None) is not None:  # Ulysses: processors need the global grid
+                grid = VideoLayout(latents.shape[2], latents.shape[3] // transformer.config.patch_size[1], latents.shape[4] // transformer.config.patch_size[2])
+            install_cross_override(transformer, self._window_branch(grid), controller, FullAttnProcessor(self.attn_scale_factor, layout=grid))
             with pipe.progress_bar(total=len(timesteps)) as progress:
                 for step, t in enumerate(timesteps):
                     model_input = latents if condition is None else torch.cat([latents, condition], dim=1)

@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from ..layout import VideoLayout
 from .base import VideoAttnProcessor
+from .parallel import share_parallel_config
 from .window import entropy_scale_factor
 
 PHASES = ("full_record", "window", "window_inject")
@@ -158,10 +159,24 @@ def freeswim_scale_factor(base_tokens: int) -> float:
 class BranchSelfAttnProcessor:
     """``attn1``: the full processor in the ``full_record`` phase, the window processor otherwise."""
 
+    _attention_backend = None  # read by diffusers' enable_parallelism
+
     def __init__(self, controller: CrossAttnOverride, window: Any, full: Any = None) -> None:
         self.controller = controller
         self.window = window
         self.full = WanAttnProcessor() if full is None else full
+
+    @property
+    def _parallel_config(self) -> Any:
+        """diffusers' context-parallel config, handed on to both branches (Ulysses; see processors/parallel.py)."""
+        return getattr(self.window, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: Any) -> None:
+        for branch in (self.window, self.full):
+            if not hasattr(branch, "_parallel_config"):
+                raise ValueError(f"the window branch {type(branch).__name__} takes no context-parallel config: use a vidattn processor")
+            branch._parallel_config = config
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
         processor = self.full if self.controller.phase == "full_record" else self.window
@@ -213,8 +228,6 @@ def install_cross_override(
     Undo with :func:`remove_cross_override` (or ``transformer.set_attn_processor(saved)``).
     """
     blocks = _wan_blocks(transformer)
-    if getattr(transformer, "_parallel_config", None) is not None:  # its wrapper processors would hide the config from attn1
-        raise ValueError("the FreeSwim cross-attention override does not support context parallelism (its window branch would compute on this rank's shard); run FreeSwim on one process")
     windows = list(window) if isinstance(window, (list, tuple)) else [window] * len(blocks)
     if len(windows) != len(blocks):
         raise ValueError(f"window must be one processor or one per block ({len(blocks)}), got {len(windows)}")
@@ -225,6 +238,7 @@ def install_cross_override(
     for index, block in enumerate(blocks):
         block.attn1.set_processor(BranchSelfAttnProcessor(controller, windows[index], full))
         block.attn2.set_processor(OverrideCrossAttnProcessor(controller, index))
+    share_parallel_config(transformer)  # under Ulysses: both branches of attn1 take the model's config
     return controller
 
 
