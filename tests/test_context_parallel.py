@@ -392,3 +392,13 @@ def test_cli_context_parallel_bad_input(argv, message, monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match=message):
         main(["generate", "--out", str(tmp_path / "x.mp4"), *argv])
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_sharded_rope_without_parallel_config_is_refused():
+    """A processor set after enable_parallelism without share_parallel_config: ranks >= 1 see a RoPE not starting at 0."""
+    model, inputs = tiny_wan_cp(), wan_cp_inputs()
+    cos, sin = model.rope(inputs["hidden_states"])
+    whole = RadialAttnProcessor(decay=0.5, block_size=8).resolve_layout("wan", (cos, sin), 64)
+    assert whole == WAN_LAYOUT
+    with pytest.raises(ValueError, match="does not start at position 0"):
+        RadialAttnProcessor(decay=0.5, block_size=8).resolve_layout("wan", (cos[:, 32:], sin[:, 32:]), 32)

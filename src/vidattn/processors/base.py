@@ -10,7 +10,7 @@ import torch
 from ..context import AttentionContext
 from ..layout import VideoLayout
 from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
-from .parallel import dense_attend, share_with_stock, ulysses_attend, ulysses_group
+from .parallel import dense_attend, refuse_sharded_rope, share_with_stock, ulysses_attend, ulysses_group
 
 ConfigT = TypeVar("ConfigT")
 
@@ -115,6 +115,7 @@ class VideoAttnProcessor:
         if layout is None and self.context is not None:
             layout = self.context.layout
         if layout is None:
+            refuse_sharded_rope(rope)
             layout = layout_from_rope(rope)
         if layout is None:
             raise ValueError(

@@ -126,6 +126,24 @@ def global_layout(processor: Any, family: str, video_tokens: int) -> VideoLayout
     return layout
 
 
+def refuse_sharded_rope(rope: Any) -> None:
+    """Raise ``ValueError`` if a RoPE table does not start at position 0 (sin != 0): it is one rank's shard.
+
+    A processor installed with a raw ``set_attn_processor`` after ``enable_parallelism`` never receives the config;
+    on ranks >= 1 its RoPE table betrays the split, so the run stops instead of computing on a shard.
+    """
+    if not isinstance(rope, (tuple, list)) or len(rope) != 2 or not torch.is_tensor(rope[1]):
+        return
+    sin = rope[1]
+    first = sin.reshape(sin.shape[-3], -1)[0] if sin.ndim == 4 else sin.reshape(sin.shape[0], -1)[0]
+    if bool((first != 0).any()):
+        raise ValueError(
+            "this attention call's RoPE table does not start at position 0: the sequence is split (context parallelism?) "
+            "but the processor has no parallel config; install vidattn processors before enable_parallelism, with apply_*, "
+            "or call vidattn.processors.parallel.share_parallel_config(transformer) after set_attn_processor"
+        )
+
+
 def _heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """(B, H, S/N, D) -> (B, H/N, S, D) through diffusers' autograd all-to-all."""
     from diffusers.models.attention_dispatch import SeqAllToAllDim
