@@ -60,12 +60,31 @@ def job_bytes() -> dict:
             a2a_bytes_per_layer=counts["all_to_all"] // layers,
             gather_bytes_per_layer=counts["all_gather"] // layers,
         )
+    from test_context_parallel import vidattn_cp_plan
+    from tiny_models import hunyuan_inputs, tiny_hunyuan
+    from vidattn import RadialConfig, apply_radial_attention
+
+    base, inputs = tiny_hunyuan(), hunyuan_inputs(frames=4)
+    single, model = copy.deepcopy(base), copy.deepcopy(base)
+    for m in (single, model):
+        apply_radial_attention(m, RadialConfig(decay=0.5, block_size=8, backend="gather"))
+    ref = forward(single, inputs)
+    enable(model, mesh, cp_plan=vidattn_cp_plan(model))
+    counts.clear()
+    out = forward(model, inputs)
+    layers = len(base.transformer_blocks) + len(base.single_transformer_blocks)
+    results["hunyuan radial"] = dict(
+        max_diff=(out - ref).abs().max().item(),
+        a2a_bytes_per_layer=counts["all_to_all"] // layers,
+        gather_bytes_per_layer=counts["all_gather"] // layers,
+    )
     return results
 
 
 if __name__ == "__main__":
     rows = run_on_two_processes("bench_context_parallel", "job_bytes", timeout=600)
-    print("tiny Wan (4 heads x 16, 64 tokens, batch 2, f32), ulysses_degree=2, rank 0; bytes per layer per transformer call")
+    print("tiny Wan (4 heads x 16, 64 tokens, batch 2, f32) and tiny HunyuanVideo (2 heads x 12, 80 video + 6 text tokens,")
+    print("batch 2), ulysses_degree=2, rank 0; bytes per video attention layer per transformer call")
     print(f"{'case':16s} {'max|CP-1p|':>11s} {'all-to-all B':>13s} {'all-gather B':>13s}")
     for name, row in rows.items():
         print(f"{name:16s} {row['max_diff']:11.2e} {row['a2a_bytes_per_layer']:13d} {row['gather_bytes_per_layer']:13d}")
