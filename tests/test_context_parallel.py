@@ -132,6 +132,22 @@ def job_wan_methods() -> dict:
                     install(model, method, kind, WAN_LAYOUT)
                     share_parallel_config(model)  # a raw set_attn_processor after enable_parallelism needs this
                 results[f"{method}/{kind}/{order}"] = (forward(model, inputs) - ref).abs().max().item()
+    # Wan 2.1 I2V: image tokens through attn2's added K/V (stock, exact on the query shard); radial on attn1
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    i2v = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=12, out_channels=4, text_dim=16,
+        freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, image_dim=16, added_kv_proj_dim=32,
+    ).eval()
+    g = torch.Generator().manual_seed(2)
+    i2v_inputs = {**inputs, "hidden_states": torch.randn(2, 12, 4, 8, 8, generator=g), "encoder_hidden_states_image": torch.randn(2, 5, 16, generator=g)}
+    single, model = copy.deepcopy(i2v), copy.deepcopy(i2v)
+    for m in (single, model):
+        apply_radial_attention(m, RadialConfig(decay=0.5, block_size=8, backend="gather"))
+    ref = forward(single, i2v_inputs)
+    enable(model, mesh)
+    results["i2v radial/apply"] = (forward(model, i2v_inputs) - ref).abs().max().item()
     model = copy.deepcopy(base)
     model.set_attn_processor(SeenShapes(decay=0.5, block_size=8, backend="gather", layout=WAN_LAYOUT))
     enable(model, mesh)
@@ -298,6 +314,10 @@ def test_method_under_ulysses_equals_single_process(wan_results, method):
             assert wan_results[f"{method}/{kind}/{order}"] <= TOL, (kind, order, wan_results)
         if method != "dense":
             assert wan_results[f"{method}/{kind}/sparse"] > 1e-4, f"{method} should differ from dense on this grid"
+
+
+def test_wan_i2v_under_ulysses_equals_single_process(wan_results):
+    assert wan_results["i2v radial/apply"] <= TOL
 
 
 def test_kernel_sees_the_whole_sequence_with_half_the_heads(wan_results):
