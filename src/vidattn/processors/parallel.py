@@ -120,8 +120,8 @@ def global_layout(processor: Any, family: str, video_tokens: int) -> VideoLayout
         )
     if layout.video_tokens != video_tokens:
         raise ValueError(
-            f"layout {layout} has {layout.video_tokens} video tokens but the call has {video_tokens} after the Ulysses "
-            "all-to-all: the layout must be the whole video's grid"
+            f"layout {layout} has {layout.video_tokens} video tokens but the call has {video_tokens} over all Ulysses "
+            "ranks: the layout must be the whole video's grid"
         )
     return layout
 
@@ -184,6 +184,13 @@ def ulysses_attend(
     video = slice(text, None) if call.text_position == "before" else slice(0, local)
     text_part = slice(0, text) if call.text_position == "before" else slice(local, None)
     own = slice(rank * heads // degree, (rank + 1) * heads // degree)
+    layout = global_layout(processor, family, local * degree).with_text(text, call.text_position)  # before any exchange
+    key_valid = call.key_valid
+    if key_valid is not None and key_valid.shape[-1] != layout.total_tokens:
+        raise ValueError(
+            f"the {family} key mask covers {key_valid.shape[-1]} tokens, the whole sequence has {layout.total_tokens}: "
+            "under context parallelism the mask must stay unsplit (use vidattn_cp_plan(transformer))"
+        )
 
     def full(x: torch.Tensor) -> torch.Tensor:
         v = _heads_to_seq(x[:, :, video], group)
@@ -193,13 +200,6 @@ def ulysses_attend(
         return torch.cat([t, v] if call.text_position == "before" else [v, t], dim=2)
 
     query, key, value = full(call.query), full(call.key), full(call.value)
-    layout = global_layout(processor, family, query.shape[-2] - text).with_text(text, call.text_position)
-    key_valid = call.key_valid
-    if key_valid is not None and key_valid.shape[-1] != layout.total_tokens:
-        raise ValueError(
-            f"the {family} key mask covers {key_valid.shape[-1]} tokens, the whole sequence has {layout.total_tokens}: "
-            "under context parallelism the mask must stay unsplit (use vidattn_cp_plan(transformer))"
-        )
     out = attend(query, key, value, layout, key_valid, family)
     start = layout.video_start
     video_out = _seq_to_heads(out[:, :, start : start + layout.video_tokens], group)
