@@ -351,9 +351,18 @@ def test_freeswim_under_ulysses_equals_single_process():
     assert "takes no context-parallel config" in results["foreign window"]
 
 
+def job_joint_families() -> dict:
+    return {"job_hunyuan": job_hunyuan(), "job_cogvideox": job_cogvideox()}
+
+
+@pytest.fixture(scope="module")
+def joint_results() -> dict:
+    return run_on_two_processes("test_context_parallel", "job_joint_families")
+
+
 @pytest.mark.parametrize("job", ["job_hunyuan", "job_cogvideox"])
-def test_joint_text_families_under_ulysses(job):
-    results = run_on_two_processes("test_context_parallel", job)
+def test_joint_text_families_under_ulysses(joint_results, job):
+    results = joint_results[job]
     for name in ("dense", "radial/drop-in", "radial/apply", "vmoba/apply", "window/apply", "monarch/apply"):
         assert results[name] <= TOL, (name, results)
         if name != "dense":
