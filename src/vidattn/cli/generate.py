@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..layout import parse_dims
 from ..metrics.fidelity import psnr
 from ..processors.registry import apply_method
+from .distributed import check_parallel_run, enable_context_parallel, init_process_group, parse_context_parallel
 from .params import parse_params
 from .video import generate_timed, load_pipeline, write_mp4
 
@@ -41,12 +43,24 @@ def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: boo
     return method_config(method, {**defaults, **parse_params(args.param)}, tiny_grid=tiny_grid)
 
 
-def _text2video(args) -> str:
-    pipe = load_pipeline(args.model)
-    apply_method(pipe.transformer, args.method, **method_params(args.method, args))
-    frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))
-    write_mp4(frames, args.out)
-    return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}"
+def _text2video(args) -> str | None:
+    degree = parse_context_parallel(getattr(args, "context_parallel", None))
+    started = init_process_group(degree) if degree > 1 else False
+    try:
+        pipe = load_pipeline(args.model)
+        apply_method(pipe.transformer, args.method, **method_params(args.method, args))
+        if degree > 1:  # Ulysses over `degree` ranks; rank 0 writes the video
+            check_parallel_run(pipe, degree, args.frames, args.height, args.width)
+            enable_context_parallel(pipe, degree)
+        frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))
+        if degree > 1 and dist.get_rank() != 0:
+            return None  # rank 0 writes the video
+        write_mp4(frames, args.out)
+        parallel = f", ulysses={degree}" if degree > 1 else ""
+        return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}{parallel}"
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def _broadway(args) -> str:
@@ -90,8 +104,12 @@ def _streaming(args) -> str:
 
 
 def cmd_generate(args) -> None:
+    if getattr(args, "context_parallel", None) is not None and args.pipeline != "text2video":
+        raise ValueError(f"--context-parallel supports --pipeline text2video only, got {args.pipeline!r} (see docs/distributed.md)")
     run = {"text2video": _text2video, "broadway": _broadway, "freeswim": _freeswim, "streaming": _streaming}[args.pipeline]
-    print(f"wrote {args.out}: {run(args)}")
+    message = run(args)
+    if message is not None:
+        print(f"wrote {args.out}: {message}")
 
 
 def cmd_eval(args) -> None:

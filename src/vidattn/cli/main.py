@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-steps", type=int, default=2, help="freeswim: refresh the cross-attention cache every N steps")
     p.add_argument("--chunks", type=int, default=4, help="streaming: number of chunks")
     p.add_argument("--frames-per-chunk", type=int, default=3, help="streaming: latent frames per chunk")
+    p.add_argument("--context-parallel", default=None, metavar="ulysses=N",
+                   help="text2video under diffusers' Ulysses context parallelism over N torchrun processes; rank 0 writes --out")
     p.add_argument("--out", default="outputs/video.mp4")
     p.set_defaults(func=cmd_generate)
 

@@ -21,6 +21,7 @@ from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
 from ..layout import VideoLayout
 from ..processors.base import VideoAttnProcessor
+from ..processors.parallel import share_parallel_config
 from ..processors.window import entropy_scale_factor
 
 PHASES = ("full_record", "window", "window_inject")
@@ -153,10 +154,24 @@ def freeswim_scale_factor(base_tokens: int) -> float:
 class BranchSelfAttnProcessor:
     """``attn1``: the full processor in the ``full_record`` phase, the window processor otherwise."""
 
+    _attention_backend = None  # read by diffusers' enable_parallelism
+
     def __init__(self, controller: CrossAttnOverride, window: Any, full: Any = None) -> None:
         self.controller = controller
         self.window = window
         self.full = WanAttnProcessor() if full is None else full
+
+    @property
+    def _parallel_config(self) -> Any:
+        """diffusers' context-parallel config, handed on to both branches (Ulysses; see processors/parallel.py)."""
+        return getattr(self.window, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: Any) -> None:
+        for branch in (self.window, self.full):
+            if not hasattr(branch, "_parallel_config"):
+                raise ValueError(f"the window branch {type(branch).__name__} takes no context-parallel config: use a vidattn processor")
+            branch._parallel_config = config
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
         processor = self.full if self.controller.context.phase == "full_record" else self.window
@@ -218,6 +233,7 @@ def install_cross_override(
     for index, block in enumerate(blocks):
         block.attn1.set_processor(BranchSelfAttnProcessor(controller, windows[index], full))
         block.attn2.set_processor(OverrideCrossAttnProcessor(controller, index))
+    share_parallel_config(transformer)  # under Ulysses: both branches of attn1 take the model's config
     return controller
 
 

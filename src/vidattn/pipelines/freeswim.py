@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..checks import check_bool, check_choice, check_int, check_number
 from ..latents import denormalise_latents, latent_stats, normalise_latents
+from ..layout import VideoLayout
 from .cross_override import CrossAttnOverride, FullAttnProcessor, freeswim_scale_factor, install_cross_override
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -94,10 +95,12 @@ class FreeSwimPipeline:
             raise ValueError(f"{name} {tuple(size)} must be multiples of {self.stride} (VAE stride x patch size)")
         return (int(size[0]), int(size[1]))
 
-    def _window_branch(self) -> Any:
+    def _window_branch(self, layout: Any = None) -> Any:
         if self.window_processor is not None:
             return self.window_processor
-        return _default_window_processor(self.window, self.inward, self.attn_scale_factor, self.backend)
+        processor = _default_window_processor(self.window, self.inward, self.attn_scale_factor, self.backend)
+        processor.layout = layout  # the global grid under context parallelism (the RoPE describes one rank's shard)
+        return processor
 
     def _experts(self, boundary_ratio, scheduler, guidance_scale: float, guidance_scale_2: float) -> list[tuple[Any, float, float]]:
         """(transformer, lowest timestep it serves, guidance) per expert: Wan 2.2 A14B switches at the boundary."""
@@ -256,7 +259,11 @@ class FreeSwimPipeline:
         controllers = [CrossAttnOverride(len(expert.blocks), cache_steps, override_uncond, self.offload_cache) for expert, _, _ in experts]
         try:
             for (expert, _, _), controller in zip(experts, controllers):
-                install_cross_override(expert, self._window_branch(), controller, FullAttnProcessor(self.attn_scale_factor))
+                grid = None
+                if getattr(expert, "_parallel_config", None) is not None:  # Ulysses: processors need the global grid
+                    _, p_h, p_w = expert.config.patch_size
+                    grid = VideoLayout(latents.shape[2], latents.shape[3] // p_h, latents.shape[4] // p_w)
+                install_cross_override(expert, self._window_branch(grid), controller, FullAttnProcessor(self.attn_scale_factor, layout=grid))
             with pipe.progress_bar(total=len(timesteps)) as progress:
                 for step, t in enumerate(timesteps):
                     index = next(i for i, (_, low, _) in enumerate(experts) if t >= low)

@@ -22,6 +22,11 @@ from .families import (
     stock_processor,
     unsupported_module_error,
 )
+from .parallel import dense_attend, refuse_sharded_rope, share_with_stock, ulysses_attend, ulysses_group
+
+
+# Families whose RoPE table starts at position 0 with sin = 0, so a table that does not is one rank's shard.
+SHARD_CHECKED_ROPE = ("wan", "skyreels", "hunyuan", "cogvideox")
 
 
 class MethodPlan(Protocol):
@@ -57,7 +62,11 @@ class VideoAttnProcessor:
 
     Cross-attention, non-video attention and dense warm-up calls run the family's stock processor, so they
     are exact. Subclasses implement ``attend(query, key, value, layout, key_valid, family) -> out`` on (B, H, N, D).
+    Under diffusers' Ulysses context parallelism ``attend`` sees the whole sequence with H/N heads (processors/parallel.py).
     """
+
+    _attention_backend = None  # diffusers' enable_parallelism / set_attention_backend look for these two attributes
+    _parallel_config = None
 
     def __init__(
         self,
@@ -102,9 +111,13 @@ class VideoAttnProcessor:
     ):
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
         family = self.family or detect_family(attn, encoder_hidden_states, attention_mask, rope)
-        if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
+        group = ulysses_group(self._parallel_config)  # None unless context-parallel; refuses ring / *_anything
+        video = family is not None and is_video_self_attention(family, attn, encoder_hidden_states)
+        if not video or (self.is_dense_now() and group is None):
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
+        if group is not None:  # Ulysses: the kernel (or exact dense warm-up) on the whole sequence with H/N heads
+            return call.finish(ulysses_attend(self, call, family, group, dense_attend if self.is_dense_now() else self.attend))
         layout = self.resolve_layout(family, rope, call.query.shape[-2] - call.text).with_text(call.text, call.text_position)
         out = self.attend(call.query, call.key, call.value, layout, call.key_valid, family)
         return call.finish(out)
@@ -115,6 +128,7 @@ class VideoAttnProcessor:
         if family not in self._stock:
             self._stock[family] = stock_processor(family)
         stock = self._stock[family]
+        share_with_stock(self, stock)
         if family in ROPE_POSITIONAL:
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, rope)
         return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
@@ -141,6 +155,8 @@ class VideoAttnProcessor:
         if layout is None:
             layout = observed
         if layout is None:
+            if family in SHARD_CHECKED_ROPE:
+                refuse_sharded_rope(rope)
             layout = layout_from_rope(rope, family)
         if layout is None:
             raise ValueError(

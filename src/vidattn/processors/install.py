@@ -11,6 +11,7 @@ from ..context import AttentionContext, attach_context, detach_context
 from ..models import UnsupportedModelError, model_spec
 from .base import VideoAttnProcessor
 from .families import stock_processor
+from .parallel import share_parallel_config
 
 
 def transformers_of(target) -> list[torch.nn.Module]:
@@ -61,6 +62,7 @@ def install_processors(target, make_processor: Callable[[int, str, AttentionCont
                 elif processor.family != family:
                     raise ValueError(f"a processor for family {processor.family!r} cannot run on {type(transformer).__name__} (family {family!r})")
             module.set_processor(processor)
+        share_parallel_config(transformer)  # a model already under context parallelism hands its config to the new processors
     return context
 
 
@@ -69,4 +71,5 @@ def remove_processors(target) -> None:
     for transformer in transformers_of(target):
         for _, module, family in video_attention_layers(transformer):
             module.set_processor(stock_processor(family))
+        share_parallel_config(transformer)
         detach_context(transformer)

@@ -32,6 +32,7 @@ from ..patterns.streaming import frame_tokens, frames_to_evict, rope_positions, 
 from .base import VideoAttnProcessor
 from .config import config_with_overrides
 from .families import _wan_rope, detect_family, is_video_self_attention, project
+from .parallel import refuse_parallel
 
 MODES = ("hybrid", "window", "dense")
 
@@ -138,6 +139,7 @@ class StreamingAttnProcessor(VideoAttnProcessor):
 
     # -- routing -------------------------------------------------------------------------------------
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        refuse_parallel(self, "StreamingAttnProcessor (streaming: rolling K/V cache per chunk)")
         if detect_family(attn) != "wan":
             raise ValueError(f"StreamingAttnProcessor supports Wan attention only (family 'wan'), got {type(attn).__name__}")
         if self.state is None:

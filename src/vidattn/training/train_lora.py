@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -245,6 +246,11 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logger.info("process %d of %d on %s (%s)", accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.distributed_type)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type.value != "FSDP":
+        raise ValueError(  # accelerate would silently train unsharded (MULTI_CPU / NO on a machine without an accelerator)
+            f"the accelerate config asks for FSDP but accelerate chose {accelerator.distributed_type.value} (FSDP needs an "
+            "accelerator device); on this machine use configs/accelerate/ddp.yaml"
+        )
     mark = finished_before(config, overwrite)
     if mark is not None:
         lora = output_dir / mark.get("lora", LORA_FILE)
