@@ -41,11 +41,12 @@ _COMPILED_FLEX = compile_flex()
 
 
 def bucket_blocks(blocks: int) -> int:
-    """The padded block count FlexAttention runs ``blocks`` query/key blocks at: the next m * 2^k, m in 4..7
-    (at most 25 % more, mostly empty rows that cost nothing), so nearby lengths share one compiled kernel."""
+    """The padded block count FlexAttention runs ``blocks`` query/key blocks at: the next 2^k or 1.5 * 2^k (empty
+    padded rows cost no compute, padded q/k/v copies up to 50 % memory of one batch element), so nearby lengths
+    share one compiled kernel."""
     if blocks <= 4:
         return blocks
-    shift = blocks.bit_length() - 3
+    shift = blocks.bit_length() - 2
     return -(-blocks // (1 << shift)) << shift
 
 
@@ -58,12 +59,13 @@ def plan_mask_mod(tiles: torch.Tensor, block_size: int, n: torch.Tensor, valid: 
     heads, qb, kb = tiles.shape[1:]
     flat_tiles = tiles.reshape(-1)
     dims = torch.tensor([heads, qb * kb, kb], dtype=torch.int64, device=tiles.device)
+    last = n - 1
 
     def mask_mod(b, h, q_idx, kv_idx):
         tile = (h % dims[0]) * dims[1] + (q_idx // block_size) * dims[2] + kv_idx // block_size
         allowed = flat_tiles[tile] & valid[kv_idx] & (kv_idx < n)
-        if token_mask is not None:
-            allowed = allowed & token_mask(b, h, q_idx, kv_idx)
+        if token_mask is not None:  # positions past n (block and bucket padding) are clamped into its tables
+            allowed = allowed & token_mask(b, h, torch.minimum(q_idx, last), torch.minimum(kv_idx, last))
         return allowed
 
     return mask_mod

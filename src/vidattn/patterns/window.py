@@ -107,14 +107,17 @@ class WindowPattern:
                 raise ValueError(f"dilation must be 1 with tile_aligned=True, got {self.dilation!r}")
 
     def fitted_extents(self, grid: tuple[int, int, int]) -> tuple[Extent, Extent, Extent]:
-        """Extents on ``grid`` (in tiles when ``tile_aligned``): an undilated window at least as long as its axis
-        covers the axis (None); a dilated one keeps its extent and then covers its residue class."""
+        """Extents on ``grid`` (in tiles when ``tile_aligned``): an undilated inward window at least as long as its
+        axis covers the axis (None); a dilated one keeps its extent and then covers its residue class."""
         if self.tile_aligned:
             grid = tuple(-(-length // t) for length, t in zip(grid, self.tile))  # type: ignore[assignment]
-        return tuple(
-            None if ext is not None and r == 1 and ext[0] + ext[1] + 1 >= length else ext
-            for ext, r, length in zip(self.extents, self.dilation, grid)
-        )  # type: ignore[return-value]
+
+        def covers(ext, r, length):
+            if ext is None or r != 1:
+                return False
+            return ext[0] + ext[1] + 1 >= length if self.inward else min(ext) >= length - 1
+
+        return tuple(None if covers(*args) else args[0] for args in zip(self.extents, self.dilation, grid))  # type: ignore[return-value]
 
     def volume(self, grid: tuple[int, int, int]) -> int:
         """Keys per video query with ``inward`` on and no dilation: the product of the window lengths, each at most
