@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..patterns.plan import BlockPlan
-from .flex import sorted_indices, flex_plan_attention
+from .flex import flex_plan_attention, sorted_indices
 
 BACKENDS = ("auto", "flex", "gather", "dense")
 

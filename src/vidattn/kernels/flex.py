@@ -19,7 +19,7 @@ from ..patterns.plan import BlockPlan, TokenMask
 
 # Compiled variants vidattn's flex_attention may hold: one per (mask_mod kind x length bucket x dtype x head count
 # x block size x scale x device). Batch elements run one at a time, so the batch size never adds a variant.
-FLEX_RECOMPILE_LIMIT = 64
+FLEX_RECOMPILE_LIMIT = 128
 
 
 class FlexRecompileLimitError(RuntimeError):
@@ -83,7 +83,7 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     length ``bucket_blocks(num_blocks) * block_size``; memoised on the plan when it is the same for every element.
 
     Full tiles are the plan's full tiles minus key tiles holding padding or masked keys (those need the mask_mod).
-    The token mask is called with b = 0 for a plan whose tiles are shared by the batch, else with ``batch``.
+    The token mask sees b = ``batch`` for a plan with per-batch tiles, else b = 0 (its b indexes the plan's batch).
     """
     device = torch.device(device)
     per_element = key_valid is not None or plan.tiles.shape[0] > 1
@@ -98,7 +98,7 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     full = torch.zeros_like(tiles) if plan_dev.full is None else plan_dev.full[batch if plan.tiles.shape[0] > 1 else 0].unsqueeze(0) & tiles
     valid = torch.ones(n, dtype=torch.bool, device=device)
     if key_valid is not None:
-        valid = valid & key_valid[batch].to(device=device, dtype=torch.bool)
+        valid = valid & key_valid[batch if key_valid.shape[0] > 1 else 0].to(device=device, dtype=torch.bool)
     if plan_dev.real_keys is not None:
         valid = valid & plan_dev.real_keys
     valid = F.pad(valid, (0, padded - n), value=False)
@@ -109,7 +109,7 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     full_num, full_idx = sorted_indices(full)
     token_mask = plan_dev.token_mask
     if token_mask is not None and plan.tiles.shape[0] > 1:
-        token_mask = _shift_batch(token_mask, batch)
+        token_mask = _shift_batch(token_mask, batch, device)
     mask_mod = plan_mask_mod(tiles, bs, torch.tensor(n, device=device), valid, token_mask)
     block_mask = BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(padded, padded)
@@ -119,9 +119,9 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     return block_mask
 
 
-def _shift_batch(token_mask: TokenMask, batch: int) -> TokenMask:
+def _shift_batch(token_mask: TokenMask, batch: int, device: torch.device) -> TokenMask:
     """A per-batch token mask seen from one batch element run alone (its b is always 0)."""
-    offset = torch.tensor(batch)
+    offset = torch.tensor(batch, device=device)
 
     def shifted(b, h, q_idx, kv_idx):
         return token_mask(b + offset, h, q_idx, kv_idx)
