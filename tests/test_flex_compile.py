@@ -107,3 +107,11 @@ def test_spent_recompile_budget_raises_instead_of_falling_back():
     q, k, v = qkv(1, 2, plan.seq_len)
     with pytest.raises(FlexRecompileLimitError, match="recompile budget"):
         flex_plan_attention(q, k, v, plan, None, 0.25, compiled=compile_flex(recompile_limit=0))
+
+
+def test_compiled_flex_with_per_head_tiles_and_batch_token_mask():
+    """The two-table mask_mod (per-head tiles, no merged table) and the per-batch offset, compiled."""
+    plan = per_batch_plan()
+    q, k, v = qkv(2, 2, plan.seq_len, seed=8)
+    expected = block_sparse_attention(q, k, v, plan, backend="dense")
+    torch.testing.assert_close(block_sparse_attention(q, k, v, plan, backend="flex"), expected, atol=1e-5, rtol=1e-5)

@@ -71,6 +71,26 @@ def plan_mask_mod(tiles: torch.Tensor, block_size: int, n: torch.Tensor, valid: 
     return mask_mod
 
 
+# Up to this many (query block x key token) entries, the tile and key tables are merged into one lookup table:
+# one gather per mask element instead of two, about 1.65x faster on partial tiles on CPU (bf16), at one byte each.
+COMBINED_TABLE_LIMIT = 1 << 26
+
+
+def combined_mask_mod(allowed: torch.Tensor, block_size: int, n: torch.Tensor, token_mask: TokenMask | None):
+    """Like :func:`plan_mask_mod` for head-shared tiles, from one (Qb, padded) table of tile-kept-and-key-valid."""
+    flat = allowed.reshape(-1)
+    row = torch.tensor(allowed.shape[1], dtype=torch.int64, device=allowed.device)
+    last = n - 1
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        result = flat[(q_idx // block_size) * row + kv_idx] & (kv_idx < n)
+        if token_mask is not None:  # positions past n (block and bucket padding) are clamped into its tables
+            result = result & token_mask(b, h, torch.minimum(q_idx, last), torch.minimum(kv_idx, last))
+        return result
+
+    return mask_mod
+
+
 def sorted_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(count, indices) of the True entries along the last axis, indices first and ascending."""
     counts = selected.sum(-1, dtype=torch.int32)
@@ -110,7 +130,11 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     token_mask = plan_dev.token_mask
     if token_mask is not None and plan.tiles.shape[0] > 1:
         token_mask = _shift_batch(token_mask, batch, device)
-    mask_mod = plan_mask_mod(tiles, bs, torch.tensor(n, device=device), valid, token_mask)
+    n_t = torch.tensor(n, device=device)
+    if tiles.shape[1] == 1 and padded_blocks * padded <= COMBINED_TABLE_LIMIT:
+        mask_mod = combined_mask_mod(tiles[0, 0].repeat_interleave(bs, dim=1) & valid, bs, n_t, token_mask)
+    else:
+        mask_mod = plan_mask_mod(tiles, bs, n_t, valid, token_mask)
     block_mask = BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(padded, padded)
     )
