@@ -4,8 +4,9 @@
 Why the mask_mod carries everything: past its recompile limit, compiled flex_attention runs an eager path that
 applies only ``mask_mod`` and never reads the BlockMask's tile lists. The compiled kernel skips ``mask_mod`` on
 tiles marked full, so the tile lookup costs only on partial tiles (padding, key masks, token-level plans).
-Why tensors, not Python ints: dynamo guards on captured ints (one kernel per sequence length); captured tensors
-of fixed rank and one ``mask_mod`` code object per kind share a kernel (spec flex_compile.md section 1).
+Why tensors and buckets: dynamo guards on captured Python ints and on static shapes, so per-call values live in
+0-d tensors and tables, and lengths are padded to a few buckets; plans of one kind (one ``mask_mod`` code object)
+and bucket then share one compiled kernel (spec flex_compile.md section 1). See docs/flex.md.
 """
 
 from __future__ import annotations
