@@ -38,7 +38,10 @@ class WindowConfig(MethodConfig):
     softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles (frames, rows, cols) for the
     kernel; None keeps the natural frame-major order; ``"auto"`` takes whichever of the natural order and a
     one-frame brick of ``block_size`` tokens (1x8x16 for 128) computes fewer tiles on the call's grid. The result
-    is the same either way; only the kernel's schedule changes.
+    is the same either way; only the kernel's schedule changes. ``tile_aligned=True`` is sliding tile attention:
+    ``window``/``size`` then count whole tiles of shape ``tile`` ("auto": the brick), every kept tile is computed
+    whole and mask-free; without ``window``/``size`` it takes FreeSwim's window rounded up to whole tiles. A
+    window at least as long as its axis covers the axis.
     """
 
     window: tuple | None = None
@@ -48,6 +51,7 @@ class WindowConfig(MethodConfig):
     scale_factor: float = FREESWIM_SCALE_FACTOR
     block_size: int = 128
     tile: tuple[int, int, int] | str | None = "auto"
+    tile_aligned: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,11 +67,14 @@ class WindowConfig(MethodConfig):
             self.pattern(tile)
         check_number("scale_factor", self.scale_factor, 0, low_open=True, note="1.0 = default 1/sqrt(d) scale")
 
-    def extents(self):
-        """Per-axis (lo, hi) or None (whole axis)."""
-        if self.window is None and self.size is None:
+    def extents(self, tile: tuple[int, int, int] | None = None):
+        """Per-axis (lo, hi) or None (whole axis); in tiles of ``tile`` when ``tile_aligned``."""
+        if self.window is not None or self.size is not None:
+            return window_extents(self.window, self.size)
+        if not self.tile_aligned or tile is None:
             return window_extents(FREESWIM_WINDOW)
-        return window_extents(self.window, self.size)
+        sizes = [None if d is None else -(-(2 * d + 1) // t) for d, t in zip(FREESWIM_WINDOW, tile)]
+        return window_extents(size=sizes)
 
     def brick(self) -> tuple[int, int, int] | None:
         """The one-frame brick of ``block_size`` tokens that ``tile="auto"`` tries (None if not a power of two)."""
@@ -82,13 +89,18 @@ class WindowConfig(MethodConfig):
         if isinstance(self.tile, str):
             if self.tile != "auto":
                 raise ValueError(f"tile must be 'auto', None or three ints (frames, rows, cols), got {self.tile!r}")
+            if self.tile_aligned:
+                if self.brick() is None:
+                    raise ValueError(f"tile_aligned=True with tile='auto' needs a power-of-two block_size, got {self.block_size!r}; give tile=(frames, rows, cols)")
+                return [self.brick()]
             return [None] if self.brick() is None else [None, self.brick()]
         return [self.tile]
 
     def pattern(self, tile: tuple[int, int, int] | None | str = "config") -> WindowPattern:
         """The pattern with token order ``tile`` (default: the config's first candidate)."""
         tile = self.candidate_tiles()[0] if tile == "config" else tile
-        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, tile)  # type: ignore[arg-type]
+        extents = self.extents(tile)  # type: ignore[arg-type]
+        return WindowPattern(extents, self.dilation, self.inward, self.block_size, tile, self.tile_aligned)  # type: ignore[arg-type]
 
 
 def window_attention(
