@@ -8,6 +8,7 @@ import torch
 
 from ..checks import check_bool, check_choice, check_int
 from ..kernels import block_sparse_attention
+from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
 from ..patterns.vmoba import (
     KINDS,
@@ -98,21 +99,11 @@ def attention_with_plan(
 ) -> torch.Tensor:
     """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute."""
     part = vplan.partition
-    perm = part.perm.to(query.device)
-    if not part.identity:
-        key, value = (x.index_select(-2, perm) for x in (key, value))
-        if key_valid is not None:
-            key_valid = key_valid.index_select(-1, perm.to(key_valid.device))
-    if vplan.query_order is None:
-        query = query if part.identity else query.index_select(-2, perm)
-        out = block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
-        return out if part.identity else out.index_select(-2, part.inverse.to(out.device))
-    # Per-head query order: query position p of head (b, h) is original token perm[query_order[b, h, p]].
-    source = perm[vplan.query_order.to(query.device)]
-    batch = max(query.shape[0], source.shape[0])
-    index = source.expand(batch, query.shape[1], -1).unsqueeze(-1).expand(-1, -1, -1, query.shape[-1])
-    out = block_sparse_attention(torch.gather(query.expand(batch, -1, -1, -1), 2, index), key, value, vplan.plan, key_valid, backend=backend, scale=scale)
-    return torch.empty_like(out).scatter(2, index, out)
+    if part.identity and vplan.query_order is None:
+        return block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
+    return block_sparse_attention_in_order(
+        query, key, value, vplan.plan, part.perm, query_order=vplan.query_order, key_valid=key_valid, backend=backend, scale=scale
+    )
 
 
 class VMoBAAttnProcessor(MethodAttnProcessor):

@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..checks import check_int, check_number
 from ..kernels import block_sparse_attention
+from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
 from .base import MethodAttnProcessor
@@ -115,13 +115,9 @@ def window_attention(
     """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so)."""
     if wplan.order is None:
         return block_sparse_attention(query, key, value, wplan.plan, key_valid, backend=backend, scale=scale)
-    order = wplan.order.to(query.device)
-    # One extra zero token at index N stands for every padding position.
-    q, k, v = (F.pad(x, (0, 0, 0, 1)).index_select(-2, order) for x in (query, key, value))
-    if key_valid is not None:
-        key_valid = F.pad(key_valid, (0, 1), value=False).index_select(-1, order.to(key_valid.device))
-    out = block_sparse_attention(q, k, v, wplan.plan, key_valid, backend=backend, scale=scale)
-    return out.index_select(-2, wplan.inverse.to(out.device))
+    return block_sparse_attention_in_order(
+        query, key, value, wplan.plan, wplan.order, padded=True, key_valid=key_valid, backend=backend, scale=scale
+    )
 
 
 class WindowAttnProcessor(MethodAttnProcessor):
