@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_number
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -33,6 +35,7 @@ def sample_sigmas(
     """
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    check_number("shift", shift, 0, low_open=True, note="Wan uses 3.0-5.0")
     lo, hi = sigma_range
     if not 0 <= lo < hi <= 1:
         raise ValueError(f"sigma_range must be (lo, hi) with 0 <= lo < hi <= 1, got {sigma_range!r}")
