@@ -1,53 +1,174 @@
-"""`vidattn bench` (attention-only timing of a method against dense SDPA) and `vidattn mask` (its mask as a PNG)."""
+"""`vidattn bench` (attention-only timing of a method against dense SDPA) and `vidattn mask` (its mask as a picture).
+
+Both check their arguments and estimate the memory they need before allocating anything.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+import math
+import time
 
 import torch
 
-from ..benchmarking import best_time, synthetic_qkv
 from ..layout import VideoLayout
-from ..processors.registry import make_processor
-from .params import parse_params
-from .pictures import partition_picture, stack_rows, tiles_picture
+from ..processors.registry import METHODS, make_processor
+from .checks import UsageError, check_output_file, format_seconds, int_at_least, memory_limit_check, number_in
+from .params import config_default, method_settings
+
+BACKENDS = ("flex", "gather", "dense")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TILE_BYTES = 8  # per (query tile, key tile): the bool tiles and full masks, the float copy taken for the density, the picture
+
+
+def _layout(args) -> VideoLayout:
+    try:
+        layout = VideoLayout.parse(args.grid)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
+    if min(layout.grid) < 1:
+        raise UsageError(f"--grid sizes must be >= 1, got {args.grid!r}")
+    return layout
+
+
+def _settings(args, layout: VideoLayout) -> dict:
+    """Method settings (``--param`` over the CLI defaults), built once as the processor to validate them."""
+    params = method_settings(args.method, args.param)
+    try:
+        make_processor(args.method, layout=layout, **params)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--param: {error}") from None
+    return params
+
+
+def _blocks(method: str, params: dict, tokens: int) -> tuple[int, int]:
+    block = config_default(method, "block_size", params) or 128
+    return block, -(-tokens // block)
+
+
+def bench_memory(args, layout: VideoLayout, params: dict) -> tuple[float, str]:
+    """Bytes `bench` needs at least (the tensors it must hold), and how that splits."""
+    n, heads = layout.total_tokens, args.heads
+    tensors = 4 * heads * n * args.head_dim * DTYPE_BYTES[args.dtype]  # q, k, v, output
+    block, qb = _blocks(args.method, params, n)
+    plan = TILE_BYTES * qb * qb if args.method != "dense" else 0
+    select = heads * n * qb * 5 if args.method == "vmoba" else 0  # per-query block scores (fp32) and selection
+    explicit = (n * n + heads * n * n * 4) if "dense" in args.backends.split(",") else 0  # N x N mask and scores
+    parts = [("q/k/v/out", tensors), (f"{qb}x{qb} tile plan", plan), ("block scores", select), ("dense backend's N x N mask and scores", explicit)]
+    total = sum(p for _, p in parts)
+    return total, ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in parts if size)
+
+
+def check_bench(args) -> tuple[VideoLayout, dict]:
+    layout = _layout(args)
+    int_at_least(args.repeats, 1, "--repeats", " (timed calls after one warm-up)")
+    int_at_least(args.heads, 1, "--heads")
+    int_at_least(args.head_dim, 1, "--head-dim")
+    number_in(args.smooth, 0.0, 1.0, "--smooth", " (share of the smooth field in q/k/v)")
+    backends = args.backends.split(",")
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends:
+        raise UsageError(f"--backends must be a comma-separated list of {', '.join(BACKENDS)}, got {args.backends!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}") from None
+    params = _settings(args, layout)
+    estimate, parts = bench_memory(args, layout, params)
+    memory_limit_check(estimate, args.max_memory_gib, f"bench --grid {layout} ({layout.total_tokens:,} tokens)",
+                       parts, "use a smaller --grid or fewer --heads, or raise --max-memory-gib")
+    return layout, params
 
 
 def cmd_bench(args) -> None:
-    layout = VideoLayout.parse(args.grid)
+    from tqdm import tqdm
+
+    from ..benchmarking import synthetic_qkv
+
+    layout, params = check_bench(args)
     device = torch.device(args.device)
-    params = parse_params(args.param)
+    backends = args.backends.split(",")
     q, k, v = (x.to(device, getattr(torch, args.dtype)) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth))
+    calls = (1 + len(backends)) * (1 + args.repeats)
+    bar = tqdm(total=calls, desc=f"bench {args.method}", unit="call", mininterval=1.0)
+
+    def timed(fn) -> float:
+        """Best of ``repeats`` calls after a warm-up (FlexAttention compiles on its first call)."""
+        best = math.inf
+        for i in range(1 + args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            best = seconds if i and seconds < best else best
+            bar.update(1)
+            if bar.n == 1 and seconds > 2:
+                bar.write(f"bench: one dense call takes {format_seconds(seconds)}; {calls - 1} more calls follow "
+                          f"(sparse ones are usually faster on a GPU, and can be much slower on a CPU)")
+        return best
+
+    rows = []
     with torch.no_grad():
-        dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), args.repeats, device)
-        print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}")
-        print(f"{'method':<10}{'backend':<9}{'time (ms)':>11}{'dense/x':>9}{'density':>9}")
-        print(f"{'sdpa':<10}{'dense':<9}{dense * 1e3:>11.1f}{1.0:>9.2f}{1.0:>9.3f}")
-        for backend in args.backends.split(","):
+        dense = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        for backend in backends:
             proc = make_processor(args.method, layout=layout, backend=backend, **params)
-            seconds, _ = best_time(lambda: proc.attend(q, k, v, layout, None, args.family), args.repeats, device)
-            density = proc.density(q, k, layout, args.family)
-            shown = "n/a" if density is None else f"{density:.3f}"
-            print(f"{args.method:<10}{backend:<9}{seconds * 1e3:>11.1f}{dense / seconds:>9.2f}{shown:>9}")
+            seconds = timed(lambda: proc.attend(q, k, v, layout, None, args.family))
+            rows.append((backend, seconds, proc.density(q, k, layout, args.family)))
+    bar.close()
+    print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}")
+    print(f"{'method':<10}{'backend':<9}{'time (ms)':>11}{'dense/x':>9}{'density':>9}")
+    print(f"{'sdpa':<10}{'dense':<9}{dense * 1e3:>11.1f}{1.0:>9.2f}{1.0:>9.3f}")
+    for backend, seconds, density in rows:
+        shown = "n/a" if density is None else f"{density:.3f}"
+        print(f"{args.method:<10}{backend:<9}{seconds * 1e3:>11.1f}{dense / seconds:>9.2f}{shown:>9}")
+
+
+MASK_METHODS = tuple(m for m in METHODS if m == "vmoba" or hasattr(METHODS[m].processor, "plan"))
+
+
+def check_mask(args) -> tuple[VideoLayout, dict]:
+    if args.method not in MASK_METHODS:
+        raise UsageError(f"--method {args.method} has no block mask to draw; vidattn mask draws {', '.join(MASK_METHODS)}")
+    layout = _layout(args)
+    check_output_file(args.out)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("vidattn mask draws with matplotlib: pip install 'vidattn[plot]'") from None
+    params = _settings(args, layout)
+    if args.method == "vmoba":
+        estimate = 3 * 8 * layout.video_tokens
+        parts = "three (F, H, W) partition maps"
+    else:
+        block, qb = _blocks(args.method, params, layout.total_tokens)
+        estimate = TILE_BYTES * qb * qb
+        parts = f"{qb:,} x {qb:,} tiles of {block} tokens"
+    memory_limit_check(estimate, args.max_memory_gib, f"mask --grid {layout} ({layout.total_tokens:,} tokens)",
+                       parts, "use a smaller --grid or a larger --param block_size, or raise --max-memory-gib")
+    return layout, params
 
 
 def cmd_mask(args) -> None:
-    import imageio
+    from .pictures import mask_figure, partition_figure, save_figure
 
-    layout = VideoLayout.parse(args.grid)
-    proc = make_processor(args.method, layout=layout, **parse_params(args.param))
+    layout, params = check_mask(args)
+    proc = make_processor(args.method, layout=layout, **params)
+    hidden = ("dense_steps", "dense_layers", "first_sparse_layer", "backend", "family")
+    settings = {f.name: getattr(proc.config, f.name) for f in dataclasses.fields(proc.config) if f.name not in hidden}
     if args.method == "vmoba":
         from ..processors.vmoba import vmoba_partition_maps
 
-        maps = vmoba_partition_maps(layout, proc.config)
-        image = stack_rows([partition_picture(maps[kind]) for kind in ("1d", "2d", "3d")])
-        note = "rows: 1D, 2D, 3D partitions of the first frames, one colour per block"
-    elif hasattr(proc, "plan"):
-        plan = proc.plan(layout, args.family)
-        image = tiles_picture(plan.tiles[0, 0])
-        note = f"{plan.num_blocks}x{plan.num_blocks} tiles, density {plan.tile_density:.3f}"
+        fig = partition_figure(vmoba_partition_maps(layout, proc.config), layout, "vmoba", settings)
+        note = "1D, 2D and 3D partitions of the first frames, one colour per block"
     else:
-        raise ValueError(f"method {args.method!r} has no block mask to draw")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(args.out, image)
+        plan = proc.plan(layout, args.family)
+        natural = getattr(proc, "window_plan", None) is None or proc.window_plan(layout).order is None
+        fig = mask_figure(plan, layout, args.method, settings, frame_lines=natural)
+        note = f"{plan.num_blocks}x{plan.num_blocks} tiles, density {plan.tile_density:.3f}"
+    save_figure(fig, args.out)
     print(f"wrote {args.out}: {note}")

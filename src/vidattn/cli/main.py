@@ -1,4 +1,7 @@
-"""`vidattn` command line: demo, generate, bench, mask, prepare-data, train, eval."""
+"""`vidattn` command line: demo, generate, bench, mask, eval, make-clips, prepare-data, train.
+
+Every argument is checked before any work; a user error is one line on stderr and exit code 2 (a traceback only
+with ``vidattn --debug ...``)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,18 @@ from ..pipelines.default_model import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_
 from ..processors.families import FAMILIES
 from ..processors.registry import METHODS
 from .bench import cmd_bench, cmd_mask
+from .checks import UsageError
+from .clips import add_make_clips_arguments, cmd_make_clips
 from .generate import PIPELINES, cmd_demo, cmd_eval, cmd_generate
+
+USAGE_EXIT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr (exit code 2), naming the command and the option."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(USAGE_EXIT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_method_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -39,7 +53,8 @@ def _add_tensor_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidattn", description=__doc__)
+    parser = OneLineParser(prog="vidattn", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="dense vs a sparse method on the default model: two mp4 files, speed and PSNR")
@@ -73,13 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="flex,gather", help="comma-separated: flex, gather, dense")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smooth", type=float, default=0.0, help="share of a smooth spatio-temporal field in q/k/v (0 = iid noise)")
+    p.add_argument("--max-memory-gib", type=float, default=16.0, help="refuse a run estimated to need more memory (GiB)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("mask", help="PNG picture of a method's block mask (VMoBA: its three partitions)")
     _add_tensor_args(p)
     _add_method_args(p, default="radial")
     p.add_argument("--out", default="outputs/mask.png")
+    p.add_argument("--max-memory-gib", type=float, default=4.0, help="refuse a picture estimated to need more memory (GiB)")
     p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("make-clips", help="write procedural shapes clips (lossless .mkv) and captions.jsonl for prepare-data")
+    add_make_clips_arguments(p)
+    p.set_defaults(func=cmd_make_clips)
 
     p = sub.add_parser("eval", help="every method vs dense on the default model: PSNR/SSIM, prompt accuracy, speed, report")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
@@ -101,17 +122,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) < 600 else text[:597] + "..."
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
+    debug = "--debug" in argv[: argv.index("train")] if "train" in argv else "--debug" in argv
+    rest = [a for a in argv if a != "--debug"] if debug else argv
+    if rest[:1] == ["train"]:
         from ..training.train_lora import main as train_main
 
-        raise SystemExit(train_main(argv[1:]))
+        raise SystemExit(train_main(rest[1:]))
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as error:
-        raise SystemExit(f"vidattn {args.command}: {error}") from error
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        if args.debug:
+            raise
+        print(f"vidattn {args.command}: {_one_line(error)}", file=sys.stderr)
+        raise SystemExit(USAGE_EXIT) from None
+    except KeyboardInterrupt:
+        print(f"vidattn {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (SystemExit, MemoryError) as error:
+        if isinstance(error, MemoryError) and not args.debug:
+            print(f"vidattn {args.command}: out of memory ({_one_line(error)}); try a smaller size", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+    except Exception as error:  # a bug, not a user error: one line unless --debug
+        if args.debug:
+            raise
+        print(f"vidattn {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+              f"(run `vidattn --debug {args.command} ...` for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
