@@ -100,5 +100,5 @@ def check_field_types(config_cls: type, values: dict[str, Any], what: str, optio
         return
     for key, value in values.items():
         if key in hints and not _matches(value, hints[key]):
-            shown = {True: "true", False: "false", None: "null"}.get(value, value) if not isinstance(value, (int, float)) or isinstance(value, bool) else value
-            raise ValueError(f"{option} {key}={shown}: {what}'s {key} must be {_describe(hints[key])}, got {type(value).__name__}")
+            shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            raise ValueError(f"{option} {key}={shown}: {what}'s {key} must be {_describe(hints[key])}")

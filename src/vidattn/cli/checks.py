@@ -161,7 +161,7 @@ def check_model_folder(model: str, pipeline: str) -> None:
     if name not in wanted:
         hint = "AnimateDiff/ModelScope folders go with --pipeline broadway" if name in UNET_CLASSES else \
             "Wan folders go with --pipeline text2video, freeswim or streaming" if name in WAN_CLASSES else "unsupported pipeline"
-        raise UsageError(f"--model {model}: holds a {name}; --pipeline {pipeline} needs one of {', '.join(wanted)} ({hint})")
+        raise UsageError(f"--model {model}: model_index.json names {name}; --pipeline {pipeline} needs one of {', '.join(wanted)} ({hint})")
     for file in sorted(path.rglob("*.safetensors")):
         problem = _safetensors_problem(file)
         if problem:

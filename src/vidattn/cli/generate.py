@@ -116,7 +116,7 @@ def check_generate(args) -> dict:
         check_steps_guidance(args.steps, args.guidance)
         params = _pipeline_params(BroadWayConfig, args)
         try:
-            BroadWayConfig.animatediff(**params)
+            BroadWayConfig.animatediff(**params).check_frames(args.frames)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--param: {error}") from None
         if not args.model:
@@ -176,6 +176,7 @@ def _broadway(args, params: dict) -> str:
     from ..processors.broadway import BroadWayConfig
 
     pipe = load_broadway_pipeline(args.model)
+    warn_long_prompt(pipe.tokenizer, args.prompt, pipe.tokenizer.model_max_length)
     run = run_broadway_generation(
         pipe, args.prompt, BroadWayConfig.animatediff(**params), num_frames=args.frames, height=args.height,
         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=_generator(args),
