@@ -21,14 +21,21 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TILE_BYTES = 8  # per (query tile, key tile): the bool tiles and full masks, the float copy taken for the density, the picture
 
 
-def _layout(args) -> VideoLayout:
+def parse_grid(spec: str, option: str = "--grid") -> VideoLayout:
+    """A latent grid FxHxW from the command line, each size >= 1."""
+    from ..layout import parse_dims
+
     try:
-        layout = VideoLayout.parse(args.grid)
+        dims = parse_dims(spec, "FxHxW", "21x30x52", option)
     except ValueError as error:
-        raise UsageError(f"--{error}") from None
-    if min(layout.grid) < 1:
-        raise UsageError(f"--grid sizes must be >= 1, got {args.grid!r}")
-    return layout
+        raise UsageError(str(error)) from None
+    if min(dims) < 1:
+        raise UsageError(f"{option} sizes must be >= 1 (latent frames x rows x columns), got {spec!r}")
+    return VideoLayout(*dims)
+
+
+def _layout(args) -> VideoLayout:
+    return parse_grid(args.grid)
 
 
 def _settings(args, layout: VideoLayout) -> dict:

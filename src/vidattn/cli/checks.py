@@ -99,7 +99,7 @@ def check_steps_guidance(steps: int, guidance: float) -> None:
 
 
 def token_count(tokenizer, prompt: str) -> int:
-    """Text tokens ``prompt`` takes with ``tokenizer`` (end-of-sequence token included)."""
+    """Text tokens ``prompt`` takes with ``tokenizer`` (with the special tokens it adds)."""
     return len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 

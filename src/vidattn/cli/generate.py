@@ -269,13 +269,10 @@ def check_demo(args) -> dict:
     check_output_folder(args.out)
     params = check_method(args.method, args)
     if args.bench_grid:
-        from ..layout import VideoLayout
+        from .bench import parse_grid
 
-        try:
-            layout = VideoLayout.parse(args.bench_grid)
-        except ValueError as error:
-            raise UsageError(f"--bench-{error}") from None
-        if min(layout.grid) < 1 or layout.total_tokens > DEMO_BENCH_MAX_TOKENS:
+        layout = parse_grid(args.bench_grid, "--bench-grid")
+        if layout.total_tokens > DEMO_BENCH_MAX_TOKENS:
             raise UsageError(f"--bench-grid must have sizes >= 1 and at most {DEMO_BENCH_MAX_TOKENS:,} tokens "
                              f"(dense attention on the CPU), got {args.bench_grid!r}; '' skips it")
     _check_prompt_embedded(args)
