@@ -59,8 +59,11 @@ def test_params_parse_yaml_values_and_reject_bad_pairs():
 
 def test_eval_command_writes_a_report_for_the_chosen_methods(tmp_path, capsys):
     main(["eval", "--methods", "radial", "--prompts", "1", "--steps", "1", "--out", str(tmp_path)])
-    table = capsys.readouterr().out
-    assert "radial" in table and "dense" in table
+    captured = capsys.readouterr()
+    table = captured.out
+    assert "radial" in table and "dense" in table and "verdict" in table
+    assert "eval: 2 methods x 1 seed(s) x 1 prompts, 1 steps each" in captured.err
+    assert "eval radial" in captured.err and "4/4" in captured.err  # progress: 2 methods x (1 warm-up + 1 step)
     assert (tmp_path / "report.md").is_file()
 
 
