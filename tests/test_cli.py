@@ -63,7 +63,7 @@ def test_eval_command_writes_a_report_for_the_chosen_methods(tmp_path, capsys):
     table = captured.out
     assert "radial" in table and "dense" in table and "verdict" in table
     assert "eval: 2 methods x 1 seed(s) x 1 prompts, 1 steps each" in captured.err
-    assert "eval radial" in captured.err and "4/4" in captured.err  # progress: 2 methods x (1 warm-up + 1 step)
+    assert "eval radial" in captured.err and "6/6" in captured.err  # progress: 2 methods x (1 warm-up + 1 step + 1 decode)
     assert (tmp_path / "report.md").is_file()
 
 

@@ -65,10 +65,12 @@ def method_config(method: str, method_args: dict | None = None, common: dict | N
 
 
 def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: int, width: int, steps: int,
-             guidance: float = 1.0, max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH, on_step: Callable[[], None] | None = None):
+             guidance: float = 1.0, max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH, on_step: Callable[[], None] | None = None,
+             decode: bool = True):
     """Frames (B, F, H, W, 3) in [0, 1] for ``prompts`` and the seconds spent denoising (VAE decode excluded).
 
-    ``on_step`` is called after every denoising step (progress bars)."""
+    ``on_step`` is called after every denoising step and after the decode (progress bars); ``decode=False`` skips
+    the VAE (warm-up runs) and returns None for the frames."""
     extra = {}
     if on_step is not None:
         def callback(_pipe, _step, _t, kwargs):
@@ -82,11 +84,16 @@ def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: in
         output_type="latent", generator=torch.Generator().manual_seed(seed), max_sequence_length=max_sequence_length, **extra,
     ).frames
     seconds = time.perf_counter() - start
+    if not decode:
+        return None, seconds
     with torch.no_grad():
         mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
         video = pipe.vae.decode(latents.to(pipe.vae.dtype) * std + mean, return_dict=False)[0]
-    return np.stack(pipe.video_processor.postprocess_video(video, output_type="np")), seconds
+    frames = np.stack(pipe.video_processor.postprocess_video(video, output_type="np"))
+    if on_step is not None:
+        on_step()
+    return frames, seconds
 
 
 @dataclass
@@ -240,7 +247,8 @@ def evaluate(
     results: list[MethodResult] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=len(methods) * (1 + steps * len(seeds)), desc="eval", unit="step", disable=not progress, mininterval=1.0)
+    # units: denoising steps and VAE decodes (one per seed), warm-up step included
+    bar = tqdm(total=len(methods) * (1 + (steps + 1) * len(seeds)), desc="eval", unit="step", disable=not progress, mininterval=1.0)
     step = lambda: bar.update(1)  # noqa: E731
     try:
         for method in methods:
@@ -248,7 +256,7 @@ def evaluate(
             config = method_config(method, (method_args or {}).get(method), common)
             apply_method(pipe.transformer, method, **config)
             # warm-up at the timed shapes: FlexAttention compiles
-            generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, on_step=step, **shape)
+            generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, on_step=step, decode=False, **shape)
             videos, seconds = [], 0.0
             for seed in seeds:
                 v, t = generate(pipe, prompts, seed, steps=steps, guidance=guidance, on_step=step, **shape)
