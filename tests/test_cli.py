@@ -329,7 +329,7 @@ def test_mask_figure_has_axes_frames_and_legend():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "key token" and ax.get_ylabel() == "query token"
     labels = {a.get_xlabel() for a in ax.child_axes} | {a.get_ylabel() for a in ax.child_axes}  # secondary axes in frames
-    assert {"key frame", "query frame"} <= labels
+    assert {"key frame (start)", "query frame (start)"} <= labels
     # one horizontal and one vertical line per inner frame boundary, at token f * 32
     lines = [line for line in ax.get_lines() if line.get_label().startswith("_")]
     positions = sorted({float(line.get_ydata()[0]) for line in lines if line.get_ydata()[0] == line.get_ydata()[1]})

@@ -167,6 +167,8 @@ def cmd_mask(args) -> None:
     proc = make_processor(args.method, layout=layout, **params)
     hidden = ("dense_steps", "dense_layers", "first_sparse_layer", "backend", "family")
     settings = {f.name: getattr(proc.config, f.name) for f in dataclasses.fields(proc.config) if f.name not in hidden}
+    if settings.get("sink", False) is None and hasattr(proc.config, "pattern"):  # radial: the family's default sink
+        settings["sink"] = f"{proc.config.pattern(args.family).sink} ({args.family} default)"
     if args.method == "vmoba":
         from ..processors.vmoba import vmoba_partition_maps
 

@@ -35,8 +35,11 @@ def tile_classes(plan: BlockPlan) -> np.ndarray:
     return classes.numpy()
 
 
-def settings_text(method: str, settings: dict) -> str:
-    return f"{method}: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+def settings_text(method: str, settings: dict, width: int = 100) -> str:
+    """``method: key=value, ...`` wrapped to lines of about ``width`` characters (a figure title)."""
+    import textwrap
+
+    return textwrap.fill(f"{method}: " + ", ".join(f"{k}={v}" for k, v in settings.items()), width=width, break_long_words=False)
 
 
 def frame_boundaries(layout: VideoLayout, max_lines: int = MAX_FRAME_LINES) -> tuple[list[int], int]:
@@ -66,8 +69,14 @@ def mask_figure(plan: BlockPlan, layout: VideoLayout, method: str, settings: dic
             ax.axvline(pos, color=FRAME_LINE, linewidth=0.6)
         to_frame = lambda t: (np.asarray(t, dtype=float) - layout.video_start) / layout.tokens_per_frame  # noqa: E731
         to_token = lambda f: np.asarray(f, dtype=float) * layout.tokens_per_frame + layout.video_start  # noqa: E731
-        ax.secondary_xaxis("top", functions=(to_frame, to_token)).set_xlabel("key frame")
-        ax.secondary_yaxis("right", functions=(to_frame, to_token)).set_ylabel("query frame")
+        from matplotlib.ticker import MaxNLocator
+
+        top = ax.secondary_xaxis("top", functions=(to_frame, to_token))
+        right = ax.secondary_yaxis("right", functions=(to_frame, to_token))
+        top.set_xlabel("key frame (start)")
+        right.set_ylabel("query frame (start)")
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))
+        right.yaxis.set_major_locator(MaxNLocator(integer=True))
     counts = [int((classes == c).sum()) for c in (KEPT, PARTIAL, SKIPPED)]
     total = classes.size
     handles = [Patch(facecolor=TILE_COLOURS[KEPT], edgecolor="black", label=f"kept: {counts[0]:,} tiles ({counts[0] / total:.1%})"),
