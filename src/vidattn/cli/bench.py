@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 
 import torch
@@ -116,7 +117,7 @@ def cmd_bench(args) -> None:
             bar.update(1)
             if bar.n == 1 and seconds > 2:
                 bar.write(f"bench: one dense call takes {format_seconds(seconds)}; {calls - 1} more calls follow "
-                          f"(sparse ones are usually faster on a GPU, and can be much slower on a CPU)")
+                          f"(sparse ones are usually faster on a GPU, and can be much slower on a CPU)", file=sys.stderr)
         return best
 
     rows = []
