@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any
 
@@ -54,7 +55,7 @@ def _matches(value: Any, hint: Any) -> bool:
         return True
     if hint is type(None):
         return value is None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in args)
     if hint is bool:
         return isinstance(value, bool)
