@@ -15,11 +15,10 @@ from vidattn.processors.window import (
     FREESWIM_SCALE_FACTOR,
     WindowAttnProcessor,
     WindowConfig,
-    apply_window_attention,
     entropy_scale_factor,
-    remove_window_attention,
     window_attention,
 )
+from vidattn.processors import apply_window_attention, remove_processors
 
 
 # -- naive reference -----------------------------------------------------------------------------------------
@@ -192,7 +191,7 @@ def test_window_covering_the_grid_equals_dense(window, inward):
     proc = WindowAttnProcessor(window=window, inward=inward, scale_factor=1.0, block_size=32, backend="gather")
     q, k, v = qkv(layout.total_tokens)
     torch.testing.assert_close(proc.attend(q, k, v, layout, None, "wan"), F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
-    assert proc.plan(layout).sparsity == 0.0
+    assert proc.plan(q, k, layout, "wan").plan.sparsity == 0.0
 
 
 def test_scale_factor_default_is_freeswim_and_multiplies_the_softmax_scale():
@@ -252,14 +251,14 @@ def test_drop_in_on_wan_matches_apply_and_remove_restores_stock():
         torch.testing.assert_close(model(**inputs)[0], drop_in)
         apply_window_attention(model, WindowConfig(window=(1, 1, 2), block_size=8, backend="gather", dense_layers=2))
         assert torch.equal(model(**inputs)[0], stock), "dense_layers=2 keeps both layers stock"
-        remove_window_attention(model)
+        remove_processors(model)
         assert torch.equal(model(**inputs)[0], stock)
     assert (drop_in - stock).abs().max() > 1e-4
 
 
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="with inward=True the window must fit"):
-        WindowAttnProcessor(window=(1, 4, 1), backend="gather").plan(VideoLayout(3, 7, 9))
+        WindowAttnProcessor(window=(1, 4, 1), backend="gather").window_plan(VideoLayout(3, 7, 9))
     with pytest.raises(ValueError, match="along cols"):
         window_plan(VideoLayout(3, 7, 9), WindowPattern(window_extents((0, 1, 2)), dilation=(1, 1, 2)))
     window_plan(VideoLayout(3, 7, 9), WindowPattern(window_extents((1, 4, 5)), inward=False))  # truncation is fine
@@ -287,6 +286,6 @@ def test_bad_input_errors():
         WindowConfig(inward="yes")
     with pytest.raises(ValueError, match="unknown WindowAttnProcessor argument"):
         WindowAttnProcessor(decay=0.5)
-    with pytest.raises(ValueError, match="train_tokens and infer_tokens"):
+    with pytest.raises(ValueError, match="train_tokens must be an int >= 2"):
         entropy_scale_factor(1, 10)
     assert entropy_scale_factor(1560, 8160) ** 2 == pytest.approx(math.log(8160) / math.log(1560))

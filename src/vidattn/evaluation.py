@@ -19,19 +19,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .latents import denormalise_latents, latent_stats
 from .data.shapes import DIRECTIONS, SHAPE_COLORS, SHAPES, make_caption
 from .metrics.fidelity import psnr, ssim
 from .metrics.prompt_accuracy import prompt_accuracy
-from .processors.registry import METHODS, apply_method
-
-# Settings that suit the default model's 5 x 8 x 8 latent grid (320 tokens); fields a method lacks are skipped.
-TINY_GRID_ARGS: dict[str, object] = {
-    "block_size": 32,
-    "temporal_chunk": 1,
-    "spatial_chunk": (4, 4),
-    "st_chunk": (2, 4, 4),
-    "window": (1, 2, 2),  # half-widths (frames, rows, cols): a 3 x 5 x 5 window
-}
+from .processors.config import config_fields
+from .processors.registry import METHODS, apply_method, get_method
 
 # The default model was trained on prompts padded to 16 text tokens (configs/default_model.yaml): WanPipeline's
 # own 512 would drown the ~10 real tokens in zero padding. Harmless for other pipelines (prompts are short).
@@ -53,15 +46,12 @@ def held_out_prompts(n: int = 20) -> list[str]:
     ]
 
 
-def method_config(method: str, method_args: dict | None = None, common: dict | None = None) -> dict:
-    """The config fields used for ``method``: ``common`` fields the method has, then its own ``method_args``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    config = METHODS[method].config
-    fields = set(config.__dataclass_fields__) if config is not None else set()
-    args = {k: v for k, v in (common or {}).items() if k in fields}
-    args.update(method_args or {})
-    return args
+def method_config(method: str, method_args: dict | None = None, common: dict | None = None, tiny_grid: bool = True) -> dict:
+    """The config fields used for ``method``: its registry ``tiny_grid`` settings (the default model's 5 x 8 x 8 grid),
+    then the ``common`` fields its config has, then its own ``method_args``."""
+    entry = get_method(method)
+    fields = set(config_fields(entry.config))
+    return {**(entry.tiny_grid if tiny_grid else {}), **{k: v for k, v in (common or {}).items() if k in fields}, **(method_args or {})}
 
 
 def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: int, width: int, steps: int,
@@ -87,9 +77,7 @@ def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: in
     if not decode:
         return None, seconds
     with torch.no_grad():
-        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
-        video = pipe.vae.decode(latents.to(pipe.vae.dtype) * std + mean, return_dict=False)[0]
+        video = pipe.vae.decode(denormalise_latents(latents.to(pipe.vae.dtype), *latent_stats(pipe.vae)), return_dict=False)[0]
     frames = np.stack(pipe.video_processor.postprocess_video(video, output_type="np"))
     if on_step is not None:
         on_step()
@@ -219,9 +207,9 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate ``methods`` (default: every registered method) against dense on ``pipe`` (default: the trained model).
 
-    ``method_args`` maps a method name to its config fields; ``common_args`` (default :data:`TINY_GRID_ARGS`) are
-    given to every method whose config has them. With ``out`` set, writes the report, plot and frame strips there.
-    ``progress`` shows a bar of denoising steps on stderr, with the time left.
+    ``method_args`` maps a method name to its config fields; ``common_args`` are given to every method whose config
+    has them, over the method's registry ``tiny_grid`` settings. With ``out`` set, writes the report, plot and frame strips there.
+    ``progress`` shows a bar of denoising steps and decodes on stderr, with the time left.
     """
     from .pipelines.default_model import load_default_pipeline
 
@@ -238,7 +226,6 @@ def evaluate(
     unknown = set(method_args or {}) - set(METHODS)
     if unknown:
         raise ValueError(f"method_args keys must be method names in {sorted(METHODS)}, got {sorted(unknown)}")
-    common = TINY_GRID_ARGS if common_args is None else common_args
     pipe = load_default_pipeline() if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     shape = dict(frames=frames, height=height, width=width)
@@ -253,7 +240,7 @@ def evaluate(
     try:
         for method in methods:
             bar.set_description(f"eval {method}")
-            config = method_config(method, (method_args or {}).get(method), common)
+            config = method_config(method, (method_args or {}).get(method), common_args)
             apply_method(pipe.transformer, method, **config)
             # warm-up at the timed shapes: FlexAttention compiles
             generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, on_step=step, decode=False, **shape)

@@ -13,11 +13,10 @@ import time
 import torch
 
 from ..layout import VideoLayout
-from ..processors.registry import METHODS, make_processor
-from .checks import UsageError, check_output_file, format_seconds, int_at_least, memory_limit_check, number_in
+from ..processors.registry import METHODS, get_method, make_processor
+from .checks import UsageError, check_output_file, check_output_folder, format_seconds, int_at_least, memory_limit_check, number_in
 from .params import config_default, method_settings
 
-BACKENDS = ("flex", "gather", "dense")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TILE_BYTES = 8  # per (query tile, key tile): the bool tiles and full masks, the float copy taken for the density, the picture
 
@@ -61,7 +60,7 @@ def bench_memory(args, layout: VideoLayout, params: dict) -> tuple[float, str]:
     block, qb = _blocks(args.method, params, n)
     plan = TILE_BYTES * qb * qb if args.method != "dense" else 0
     select = heads * n * qb * 5 if args.method == "vmoba" else 0  # per-query block scores (fp32) and selection
-    explicit = (n * n + heads * n * n * 4) if "dense" in args.backends.split(",") else 0  # N x N mask and scores
+    explicit = (n * n + heads * n * n * 4) if "dense" in _backends(args) else 0  # N x N mask and scores
     parts = [("q/k/v/out", tensors), (f"{qb}x{qb} tile plan", plan), ("block scores", select), ("dense backend's N x N mask and scores", explicit)]
     total = sum(p for _, p in parts)
     return total, ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in parts if size)
@@ -73,10 +72,11 @@ def check_bench(args) -> tuple[VideoLayout, dict]:
     int_at_least(args.heads, 1, "--heads")
     int_at_least(args.head_dim, 1, "--head-dim")
     number_in(args.smooth, 0.0, 1.0, "--smooth", " (share of the smooth field in q/k/v)")
-    backends = args.backends.split(",")
-    bad = [b for b in backends if b not in BACKENDS]
+    backends = _backends(args)
+    allowed = get_method(args.method).config.backends
+    bad = [b for b in backends if b not in allowed]
     if bad or not backends:
-        raise UsageError(f"--backends must be a comma-separated list of {', '.join(BACKENDS)}, got {args.backends!r}")
+        raise UsageError(f"--backends must be a comma-separated list of {', '.join(allowed)} ({args.method}'s kernels), got {args.backends!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     try:
@@ -90,14 +90,36 @@ def check_bench(args) -> tuple[VideoLayout, dict]:
     return layout, params
 
 
+def _backends(args) -> list[str]:
+    """``--backends``, or every backend of the method except the reference (``dense``) and ``auto``'s alias."""
+    if args.backends:
+        return [b.strip() for b in args.backends.split(",")]
+    return [b for b in get_method(args.method).config.backends if b not in ("auto", "dense")] or ["auto"]
+
+
+def _suite(args) -> None:
+    from ..bench_suite import run_suite
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    bad = [m for m in methods or [] if m not in METHODS]
+    if bad:
+        raise UsageError(f"--methods must be comma-separated names of {', '.join(sorted(METHODS))}, got {', '.join(bad)}")
+    check_output_folder(args.out)
+    report = run_suite(args.suite, args.out, methods=methods, device=None if args.suite == "gpu" else "cpu")
+    print(report.to_markdown())
+    print(f"wrote {args.out}/bench.json and bench.md")
+
+
 def cmd_bench(args) -> None:
     from tqdm import tqdm
 
     from ..benchmarking import synthetic_qkv
 
+    if args.suite:
+        return _suite(args)
     layout, params = check_bench(args)
     device = torch.device(args.device)
-    backends = args.backends.split(",")
+    backends = _backends(args)
     q, k, v = (x.to(device, getattr(torch, args.dtype)) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth))
     calls = (1 + len(backends)) * (1 + args.repeats)
     bar = tqdm(total=calls, desc=f"bench {args.method}", unit="call", mininterval=1.0)
@@ -136,12 +158,34 @@ def cmd_bench(args) -> None:
         print(f"{args.method:<10}{backend:<9}{seconds * 1e3:>11.1f}{dense / seconds:>9.2f}{shown:>9}")
 
 
-MASK_METHODS = tuple(m for m in METHODS if m == "vmoba" or hasattr(METHODS[m].processor, "plan"))
+def _static_plan(proc, layout: VideoLayout, family: str):
+    """The block plan of a method whose plan does not depend on q/k (radial, window, dense), else its own plan."""
+    q = torch.empty(1, 1, layout.total_tokens, 1)  # static plans read only the device (and the head dim: Monarch)
+    plan = proc.plan(q, q, layout, family)
+    return getattr(plan, "plan", plan)  # window: the block plan in the kernel's token order
+
+
+def mask_methods() -> tuple[str, ...]:
+    """Registered methods `vidattn mask` can draw: VMoBA's partitions, and every method whose plan (by its ``plan``
+    return type) is a tile plan or wraps one; its q/k-dependent selection aside, read off the class, no work done."""
+    import typing
+
+    drawable = []
+    for name, entry in METHODS.items():
+        try:
+            plan_type = typing.get_type_hints(entry.processor.plan).get("return")
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve: not drawable
+            continue
+        fields = {f.name for f in dataclasses.fields(plan_type)} if dataclasses.is_dataclass(plan_type) else set()
+        if name == "vmoba" or "tiles" in fields or ("plan" in fields and name != "vmoba"):
+            drawable.append(name)
+    return tuple(drawable)
 
 
 def check_mask(args) -> tuple[VideoLayout, dict]:
-    if args.method not in MASK_METHODS:
-        raise UsageError(f"--method {args.method} has no block mask to draw; vidattn mask draws {', '.join(MASK_METHODS)}")
+    drawable = mask_methods()
+    if args.method not in drawable:
+        raise UsageError(f"--method {args.method} has no block mask to draw; vidattn mask draws {', '.join(drawable)}")
     layout = _layout(args)
     check_output_file(args.out)
     try:
@@ -166,7 +210,7 @@ def cmd_mask(args) -> None:
 
     layout, params = check_mask(args)
     proc = make_processor(args.method, layout=layout, **params)
-    hidden = ("dense_steps", "dense_layers", "first_sparse_layer", "backend", "family")
+    hidden = ("dense_steps", "dense_layers", "backend", "family")
     settings = {f.name: getattr(proc.config, f.name) for f in dataclasses.fields(proc.config) if f.name not in hidden}
     if settings.get("sink", False) is None and hasattr(proc.config, "pattern"):  # radial: the family's default sink
         settings["sink"] = f"{proc.config.pattern(args.family).sink} ({args.family} default)"
@@ -176,8 +220,10 @@ def cmd_mask(args) -> None:
         fig = partition_figure(vmoba_partition_maps(layout, proc.config), layout, "vmoba", settings)
         note = "1D, 2D and 3D partitions of the first frames, one colour per block"
     else:
-        plan = proc.plan(layout, args.family)
-        natural = getattr(proc, "window_plan", None) is None or proc.window_plan(layout).order is None
+        q = torch.empty(1, 1, layout.total_tokens, 1)
+        raw = proc.plan(q, q, layout, args.family)
+        plan = getattr(raw, "plan", raw)
+        natural = getattr(raw, "order", None) is None  # window may reorder tokens into tiles
         fig = mask_figure(plan, layout, args.method, settings, frame_lines=natural)
         note = f"{plan.num_blocks}x{plan.num_blocks} tiles, density {plan.tile_density:.3f}"
     save_figure(fig, args.out)

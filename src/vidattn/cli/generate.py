@@ -39,16 +39,18 @@ def _text_tokens(args) -> int:
 
 
 def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: bool = True) -> dict:
-    """``--param`` settings for ``method``. Radial defaults to the paper's decay 0.2 and, with ``warm_up``, its dense
-    warm-up (12 of 50 steps, here a quarter of ``--steps``). On the embedded model (``tiny_grid``) they go over
-    settings that suit its 5 x 8 x 8 latent grid."""
-    from ..evaluation import TINY_GRID_ARGS, method_config
+    """``--param`` settings over the method's registry defaults for generation (radial: the paper's decay 0.2 and,
+    with ``warm_up``, a quarter of ``--steps`` dense). On the embedded model (``tiny_grid``) they go over settings that
+    suit its 5 x 8 x 8 latent grid."""
+    from ..evaluation import method_config
+    from ..processors.registry import get_method
 
-    params = method_settings(method, args.param)
-    if method == "radial" and warm_up:
-        params.setdefault("dense_steps", args.steps // 4)
+    entry = get_method(method)
+    params = method_settings(method, args.param)  # registry defaults for generation, then --param
+    if warm_up and entry.warm_up:
+        params.setdefault("dense_steps", int(args.steps * entry.warm_up))
     tiny_grid = not args.model if tiny_grid is None else tiny_grid
-    return method_config(method, params, TINY_GRID_ARGS if tiny_grid else {})
+    return method_config(method, params, tiny_grid=tiny_grid)
 
 
 def check_method(method: str, args) -> dict:
@@ -110,7 +112,7 @@ def check_generate(args) -> dict:
     _check_common(args)
     check_output_file(args.out)
     if args.pipeline == "broadway":
-        from ..processors.broadway import BroadWayConfig
+        from ..pipelines.broadway_guidance import BroadWayConfig
 
         int_at_least(args.frames, 1, "--frames", " (AnimateDiff's motion modules were trained on 16)")
         check_sizes(args.height, args.width, 8, "the UNet's VAE downsamples 8x")
@@ -125,15 +127,15 @@ def check_generate(args) -> dict:
                  "(a smoke test); give --model PATH of an AnimateDiff or ModelScope folder")
         return params
     if args.pipeline == "streaming":
-        from ..processors.hybrid import HybridConfig
+        from ..processors.streaming import StreamingConfig
 
         int_at_least(args.chunks, 1, "--chunks")
         int_at_least(args.frames_per_chunk, 1, "--frames-per-chunk", " (latent frames; 1 latent frame = 4 video frames)")
         check_sizes(args.height, args.width, 16, "Wan's VAE downsamples 8x and its transformer patches 2x2")
         check_steps_guidance(1, args.guidance)
-        params = _pipeline_params(HybridConfig, args)
+        params = _pipeline_params(StreamingConfig, args)
         try:
-            HybridConfig(**params)
+            StreamingConfig(**params)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--param: {error}") from None
     elif args.pipeline == "freeswim":
@@ -174,7 +176,7 @@ def _text2video(args, params: dict) -> str:
 
 def _broadway(args, params: dict) -> str:
     from ..pipelines.broadway import load_broadway_pipeline, run_broadway_generation
-    from ..processors.broadway import BroadWayConfig
+    from ..pipelines.broadway_guidance import BroadWayConfig
 
     pipe = load_broadway_pipeline(args.model)
     warn_long_prompt(pipe.tokenizer, args.prompt, pipe.tokenizer.model_max_length)
@@ -202,11 +204,11 @@ def _freeswim(args, params: dict) -> str:
 
 def _streaming(args, params: dict) -> str:
     from ..pipelines.streaming import StreamingWanPipeline, stream_to_mp4
-    from ..processors.hybrid import HybridConfig
+    from ..processors.streaming import StreamingConfig
 
     pipe = StreamingWanPipeline.from_pipe(_load(args))
     written = stream_to_mp4(
-        pipe, args.prompt, args.out, args.chunks, attention=HybridConfig(**params),
+        pipe, args.prompt, args.out, args.chunks, attention=StreamingConfig(**params),
         frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
         max_sequence_length=_text_tokens(args),
     )
@@ -321,7 +323,7 @@ def _demo_attention_bench(args) -> None:
 
     layout = VideoLayout.parse(args.bench_grid)
     params = method_params(args.method, args, tiny_grid=False, warm_up=False)
-    warm_up = ("dense_steps", "dense_layers", "first_sparse_layer")  # no steps or layers when timing attention alone
+    warm_up = ("dense_steps", "dense_layers")  # no steps or layers when timing attention alone
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
     q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
     with torch.no_grad():

@@ -9,10 +9,6 @@ from __future__ import annotations
 from ..params import check_field_types, parse_key_values
 from ..processors.registry import METHODS
 
-# What `generate`, `demo` and `mask` use when --param does not say: Radial's paper decay (RadialConfig's own default
-# is 1.0, the gentlest decay); generate adds a dense warm-up of a quarter of the steps (see method_params).
-CLI_DEFAULTS: dict[str, dict] = {"radial": {"decay": 0.2}}
-
 
 def parse_params(pairs: list[str] | None) -> dict:
     """``["decay=0.2", "spatial_chunk=[4, 13]", "sink=false"]`` -> ``{"decay": 0.2, "spatial_chunk": (4, 13), "sink": False}``."""
@@ -20,7 +16,8 @@ def parse_params(pairs: list[str] | None) -> dict:
 
 
 def method_settings(method: str, pairs: list[str] | None) -> dict:
-    """``--param`` values for ``method`` over :data:`CLI_DEFAULTS`, type-checked against the method's config class."""
+    """``--param`` values for ``method`` over its registry ``generate`` defaults (radial: the paper's decay 0.2, what
+    `generate`, `demo`, `bench` and `mask` all use), type-checked against the method's config class."""
     params = parse_params(pairs)
     config = METHODS[method].config if method in METHODS else None
     if config is None and params:
@@ -31,7 +28,7 @@ def method_settings(method: str, pairs: list[str] | None) -> dict:
         if unknown:
             raise ValueError(f"--param: unknown {method} parameter(s) {unknown}; allowed: {sorted(known)}")
         check_field_types(config, params, what=method)
-    return {**CLI_DEFAULTS.get(method, {}), **params}
+    return {**(METHODS[method].generate if method in METHODS else {}), **params}
 
 
 def config_default(method: str, name: str, params: dict | None = None):

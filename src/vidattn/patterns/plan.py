@@ -52,6 +52,20 @@ class BlockPlan:
     def sparsity(self) -> float:
         return 1.0 - self.tile_density
 
+    def flop_share(self, tokens: int | None = None) -> float:
+        """Share of dense attention FLOPs on ``tokens`` real tokens (default ``seq_len``) that the tiles cost.
+
+        Every computed tile costs ``block_size**2`` query-key pairs, padding included; dense attention costs
+        ``tokens**2``. This is the unit of every method's ``density`` (Monarch's too).
+        """
+        tokens = self.seq_len if tokens is None else tokens
+        return self.tile_density * (self.num_blocks * self.block_size) ** 2 / tokens**2
+
+    @property
+    def density(self) -> float:
+        """:meth:`flop_share` on the plan's own sequence: the method contract's ``density``."""
+        return self.flop_share()
+
     def to(self, device: torch.device) -> "BlockPlan":
         full = None if self.full is None else self.full.to(device)
         return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask)

@@ -158,6 +158,11 @@ class WindowPlan:
         return self.plan.tile_density
 
     @property
+    def density(self) -> float:
+        """Share of dense attention FLOPs on the layout's real tokens (padding positions of the tiled order cost too)."""
+        return self.plan.flop_share(self.layout.total_tokens)
+
+    @property
     def full_share(self) -> float:
         """Share of computed tiles that need no token mask."""
         return (self.plan.full.sum() / self.plan.tiles.sum().clamp(min=1)).item()

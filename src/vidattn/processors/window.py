@@ -8,19 +8,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..context import AttentionContext
-from ..kernels import BACKENDS, block_sparse_attention
+from ..checks import check_int, check_number
+from ..kernels import block_sparse_attention
 from ..layout import VideoLayout
-from ..patterns.plan import BlockPlan
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
-from .base import ConfiguredAttnProcessor
-from .install import install_configured, remove_processors
+from .base import MethodAttnProcessor
+from .config import MethodConfig
 
 
 def entropy_scale_factor(train_tokens: int, infer_tokens: int) -> float:
     """Entropy-style attention-scale factor ``sqrt(log(infer_tokens) / log(train_tokens))`` (times 1/sqrt(d))."""
-    if not (isinstance(train_tokens, int) and isinstance(infer_tokens, int) and train_tokens > 1 and infer_tokens > 1):
-        raise ValueError(f"train_tokens and infer_tokens must be ints > 1, got {train_tokens!r}, {infer_tokens!r}")
+    check_int("train_tokens", train_tokens, 2)
+    check_int("infer_tokens", infer_tokens, 2)
     return math.sqrt(math.log(infer_tokens) / math.log(train_tokens))
 
 
@@ -31,8 +30,8 @@ FREESWIM_WINDOW = (None, 15, 26)
 
 
 @dataclass(frozen=True)
-class WindowConfig:
-    """Window attention settings; defaults are FreeSwim's (all frames x 31 rows x 53 cols, inward, scale 1.046).
+class WindowConfig(MethodConfig):
+    """Window attention (FreeSwim, https://arxiv.org/abs/2511.14712, local branch); defaults are FreeSwim's (all frames x 31 rows x 53 cols, inward, scale 1.046).
 
     ``window`` gives per-axis half-widths (frames, rows, cols), ``size`` full window sizes instead (give at most
     one); an entry None or -1 is the whole axis. ``scale_factor`` multiplies the default 1/sqrt(head_dim)
@@ -49,12 +48,9 @@ class WindowConfig:
     scale_factor: float = FREESWIM_SCALE_FACTOR
     block_size: int = 128
     tile: tuple[int, int, int] | str | None = "auto"
-    dense_steps: int = 0
-    dense_layers: int = 0
-    backend: str = "auto"
-    family: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("window", "size"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -65,10 +61,7 @@ class WindowConfig:
             object.__setattr__(self, "tile", tuple(self.tile))
         for tile in self.candidate_tiles():  # validates window/size, dilation, inward, block_size, tile
             self.pattern(tile)
-        if isinstance(self.scale_factor, bool) or not isinstance(self.scale_factor, (int, float)) or not self.scale_factor > 0:
-            raise ValueError(f"scale_factor must be a number > 0 (1.0 = default 1/sqrt(d) scale), got {self.scale_factor!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_number("scale_factor", self.scale_factor, 0, low_open=True, note="1.0 = default 1/sqrt(d) scale")
 
     def extents(self):
         """Per-axis (lo, hi) or None (whole axis)."""
@@ -119,7 +112,7 @@ def window_attention(
     return out.index_select(-2, wplan.inverse.to(out.device))
 
 
-class WindowAttnProcessor(ConfiguredAttnProcessor):
+class WindowAttnProcessor(MethodAttnProcessor):
     """Drop-in window attention: ``transformer.set_attn_processor(WindowAttnProcessor(window=(3, 15, 26), inward=True))``."""
 
     config_class = WindowConfig
@@ -134,25 +127,10 @@ class WindowAttnProcessor(ConfiguredAttnProcessor):
 
         return self.cached_plan(("window", layout, tuple(patterns), str(device)), build)
 
-    def plan(self, layout: VideoLayout, family: str = "wan", device: torch.device | str = "cpu") -> BlockPlan:
-        """The block plan for ``layout`` in the kernel's token order (what ``vidattn mask`` draws)."""
-        return self.window_plan(layout, device).plan
-
-    def density(self, query, key, layout, family):
-        """Tiles computed over the tiles of dense attention on the unpadded sequence (the kernel's share of work)."""
-        plan = self.plan(layout, family, query.device)
-        return plan.tiles.sum().item() / (-(-layout.total_tokens // plan.block_size)) ** 2
+    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> WindowPlan:
+        """The window plan for ``layout``; ``.plan`` is the block plan in the kernel's token order (what ``vidattn mask`` draws)."""
+        return self.window_plan(layout, query.device)
 
     def attend(self, query, key, value, layout, key_valid, family):
         scale = self.config.scale_factor / math.sqrt(query.shape[-1])
         return window_attention(query, key, value, self.window_plan(layout, query.device), key_valid, self.config.backend, scale)
-
-
-def apply_window_attention(transformer: torch.nn.Module, config: WindowConfig | None = None) -> AttentionContext:
-    """Window attention on every video self-attention layer, plus the hook for dense warm-up steps/layers."""
-    return install_configured(transformer, WindowAttnProcessor, config or WindowConfig())
-
-
-def remove_window_attention(transformer: torch.nn.Module) -> None:
-    """Restore the stock processors and remove the hook installed by :func:`apply_window_attention`."""
-    remove_processors(transformer)

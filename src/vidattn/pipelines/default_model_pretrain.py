@@ -4,7 +4,7 @@ Stages (each resumes from its checkpoint in ``--work``): ``vae`` (reconstruction
 dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), ``decoder`` (more decoder
 training with the encoder frozen, so the latents stay valid; can run beside ``transformer``), ``assemble``.
 Reproduce the committed weights with
-``python -m vidattn.training.pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
+``python -m vidattn.pipelines.default_model_pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
-from .objectives import flow_matching_loss
+from ..latents import normalise_latents
+from ..flow_matching import flow_matching_loss
+from .default_model import build_tokenizer
 
 STAGES = ("vae", "latents", "transformer", "decoder", "assemble")
 
@@ -286,7 +289,7 @@ def encode_latents(cfg: PretrainConfig, work: Path) -> None:
     z = torch.cat(latents)
     mean = z.mean(dim=(0, 2, 3, 4))
     std = z.std(dim=(0, 2, 3, 4))
-    z = (z - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    z = normalise_latents(z, mean, std)
     save_file({"latents": z.contiguous()}, str(work / "latents.safetensors"))
     (work / "latents.json").write_text(json.dumps({"captions": captions, "latents_mean": mean.tolist(), "latents_std": std.tolist()}))
 
@@ -294,8 +297,6 @@ def encode_latents(cfg: PretrainConfig, work: Path) -> None:
 # -- stage 3: transformer ----------------------------------------------------------------------------------
 def _text_pipeline(cfg: PretrainConfig):
     from diffusers import WanPipeline
-
-    from ..pipelines.default_model import build_tokenizer
 
     tokenizer = build_tokenizer()
     return WanPipeline(tokenizer=tokenizer, text_encoder=build_text_encoder(cfg, tokenizer), vae=None, transformer=None, scheduler=None)
@@ -372,8 +373,7 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
     """Run the named stages in order (each resumes from ``work``)."""
     for stage in stages:
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_choice("stage", stage, STAGES)
     cfg = load_config(config)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -394,7 +394,7 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vidattn.training.pretrain", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m vidattn.pipelines.default_model_pretrain", description=__doc__)
     p.add_argument("--config", default="configs/default_model.yaml")
     p.add_argument("--work", default="outputs/pretrain", help="checkpoints and log (resumable)")
     p.add_argument("--out", default="src/vidattn/assets/default_model")
