@@ -217,7 +217,7 @@ OTHER_ERRORS = [
     (["mask", "--grid", "200x200x200", "--out", "{tmp}/m.png"], "mask --grid 200x200x200 (8,000,000 tokens) needs about 29.1 GiB"),
     (["mask", "--method", "monarch", "--out", "{tmp}/m.png"], "--method monarch has no block mask to draw"),
     (["mask", "--out", "{tmp}"], "is a folder"),
-    (["eval", "--methods", "radial,nope", "--out", "{tmp}/e"], "--methods must be comma-separated names of"),
+    (["eval", "--methods", "radial,nope", "--out", "{tmp}/e"], "--methods must be names in ['dense', "),
     (["eval", "--seeds", "0,x", "--out", "{tmp}/e"], "--seeds: must be comma-separated integers"),
     (["eval", "--seeds", "0,-1", "--out", "{tmp}/e"], "--seeds must be integers >= 0"),
     (["eval", "--prompts", "0", "--out", "{tmp}/e"], "--prompts must be an integer >= 1"),

@@ -230,7 +230,7 @@ def check_eval(args) -> tuple[list[str] | None, list[int]]:
         methods = [m.strip() for m in args.methods.split(",")]
         bad = [m for m in methods if m not in METHODS]
         if bad:
-            raise UsageError(f"--methods must be comma-separated names of {', '.join(sorted(METHODS))}, got {', '.join(bad)}")
+            raise UsageError(f"--methods must be names in {sorted(METHODS)} (comma-separated), got {', '.join(bad)}")
     int_at_least(args.prompts, 1, "--prompts")
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
