@@ -362,9 +362,9 @@ def test_mask_default_decay_matches_generate(capsys, tmp_path, monkeypatch):
 
     seen = {}
 
-    def record(plan, layout, method, settings, frame_lines=True):
-        seen.update(settings=settings, density=plan.tile_density)
-        return real(plan, layout, method, settings, frame_lines)
+    def record(plan, layout, method, settings, **kwargs):
+        seen.update(settings=settings, density=plan.tile_density, **kwargs)
+        return real(plan, layout, method, settings, **kwargs)
 
     real = pictures.mask_figure
     monkeypatch.setattr(pictures, "mask_figure", record)
@@ -372,7 +372,7 @@ def test_mask_default_decay_matches_generate(capsys, tmp_path, monkeypatch):
     from vidattn.layout import VideoLayout
     from vidattn.processors.radial import RadialAttnProcessor
 
-    assert seen["settings"]["decay"] == 0.2
+    assert seen["settings"]["decay"] == 0.2 and seen["frame_lines"] is True
     layout = VideoLayout.parse("12x4x8")
     q = torch.empty(1, 1, layout.total_tokens, 1)
     assert seen["density"] == RadialAttnProcessor(decay=0.2, block_size=16).plan(q, q, layout, "wan").tile_density
@@ -420,3 +420,16 @@ def test_make_clips_writes_lossless_clips_and_captions(tmp_path, capsys):
         assert np.array_equal(frames, (data[i].video * 255).round().astype(np.uint8))  # lossless
         assert (out / f"clip{i:04d}.txt").read_text().strip() == data[i].caption
     assert not list(out.glob(".*tmp*"))
+
+
+def test_frame_lines_only_where_the_token_order_keeps_frames():
+    from vidattn.cli.bench import frames_in_place
+    from vidattn.layout import VideoLayout
+
+    layout = VideoLayout(3, 2, 2)  # 4 tokens per frame
+    assert frames_in_place(None, layout)
+    within = torch.tensor([1, 0, 3, 2, 4, 6, 5, 7, 11, 10, 9, 8])
+    assert frames_in_place(within, layout)
+    across = within.clone()
+    across[[3, 4]] = across[[4, 3]]  # a token of frame 1 at a position of frame 0
+    assert not frames_in_place(across, layout)

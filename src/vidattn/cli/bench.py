@@ -182,6 +182,17 @@ def mask_methods() -> tuple[str, ...]:
     return tuple(drawable)
 
 
+def frames_in_place(order: torch.Tensor | None, layout: VideoLayout) -> bool:
+    """Whether every kernel position holds a token of the frame it would hold unpermuted (frame lines stay true)."""
+    if order is None:
+        return True
+    n, s = layout.total_tokens, layout.tokens_per_frame
+    if len(order) != n or layout.video_start:
+        return False
+    position = torch.arange(n, device=order.device)
+    return bool(((order // s) == (position // s)).all())
+
+
 def check_mask(args) -> tuple[VideoLayout, dict]:
     drawable = mask_methods()
     if args.method not in drawable:
@@ -223,8 +234,9 @@ def cmd_mask(args) -> None:
         q = torch.empty(1, 1, layout.total_tokens, 1)
         raw = proc.plan(q, q, layout, args.family)
         plan = getattr(raw, "plan", raw)
-        natural = getattr(raw, "order", None) is None  # window may reorder tokens into tiles
-        fig = mask_figure(plan, layout, args.method, settings, frame_lines=natural)
+        order = getattr(raw, "order", None)  # window may reorder the tokens of each frame into tiles
+        fig = mask_figure(plan, layout, args.method, settings, frame_lines=frames_in_place(order, layout),
+                          note="" if order is None else "tokens in the kernel's tiled order")
         note = f"{plan.num_blocks}x{plan.num_blocks} tiles, density {plan.tile_density:.3f}"
     save_figure(fig, args.out)
     print(f"wrote {args.out}: {note}")

@@ -48,8 +48,9 @@ def frame_boundaries(layout: VideoLayout, max_lines: int = MAX_FRAME_LINES) -> t
     return [layout.video_start + f * layout.tokens_per_frame for f in range(step, layout.frames, step)], step
 
 
-def mask_figure(plan: BlockPlan, layout: VideoLayout, method: str, settings: dict, frame_lines: bool = True):
-    """The plan's (query tile, key tile) grid: kept / partial / skipped tiles, frame boundaries, token and frame axes."""
+def mask_figure(plan: BlockPlan, layout: VideoLayout, method: str, settings: dict, frame_lines: bool = True, note: str = ""):
+    """The plan's (query tile, key tile) grid: kept / partial / skipped tiles, frame boundaries (when the token order
+    keeps frames in place), token and frame axes; ``note`` is added to the title."""
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -85,7 +86,7 @@ def mask_figure(plan: BlockPlan, layout: VideoLayout, method: str, settings: dic
     if frame_lines:
         handles.append(plt.Line2D([], [], color=FRAME_LINE, label="frame boundary" + (f" (every {step} frames)" if step > 1 else "")))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
-    order = "" if frame_lines else "; tokens in the kernel's tiled order"
+    order = f"; {note}" if note else ""
     ax.set_title(f"{settings_text(method, settings)}\ngrid {layout} ({layout.total_tokens:,} tokens), "
                  f"{plan.num_blocks}x{plan.num_blocks} tiles of {plan.block_size}, density {plan.tile_density:.3f}{order}", fontsize=9)
     fig.tight_layout()
