@@ -103,7 +103,7 @@ def _suite(args) -> None:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     bad = [m for m in methods or [] if m not in METHODS]
     if bad:
-        raise UsageError(f"--methods must be comma-separated names of {', '.join(sorted(METHODS))}, got {', '.join(bad)}")
+        raise UsageError(f"--methods must be names in {sorted(METHODS)} (comma-separated), got {', '.join(bad)}")
     check_output_folder(args.out)
     report = run_suite(args.suite, args.out, methods=methods, device=None if args.suite == "gpu" else "cpu")
     print(report.to_markdown())
