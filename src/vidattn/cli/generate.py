@@ -19,8 +19,7 @@ from .video import generate_timed, load_pipeline, write_mp4
 
 PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
 # `vidattn eval` on the default model: seconds per (prompt x denoising step), warm-ups and decodes included, on a quiet
-# 2-core CPU (the default run, 800 prompt-steps: ~4 min as reported in issue 18; 11.5 min measured while the machine
-# was shared by ~8 jobs).
+# 2-core CPU (the default run, 800 prompt-steps: 3 min 45 s at load ~4, 11.5 min at load ~8, 2026-12-01).
 EVAL_SECONDS_PER_PROMPT_STEP = 0.3
 # `demo --bench-grid`: dense attention of 2 heads on the CPU; Wan 480p (21x30x52) is 32,760 tokens.
 DEMO_BENCH_MAX_TOKENS = 80_000
