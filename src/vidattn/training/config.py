@@ -177,14 +177,10 @@ def method_names() -> tuple[str, ...]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a=1", "b=[x, y]"]`` -> ``{"a": 1, "b": ["x", "y"]}`` (values are YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"overrides must look like key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    """``["a=1", "b=[x, y]"]`` -> ``{"a": 1, "b": ["x", "y"]}`` (values are YAML; the shared KEY=VALUE parser)."""
+    from ..params import parse_key_values
+
+    return parse_key_values(items, option="--set")
 
 
 def _number(name: str, value: Any, integer: bool) -> Any:
