@@ -200,3 +200,21 @@ def test_eval_command_reports_failures_with_exit_1(monkeypatch, tmp_path, capsys
     assert info.value.code not in (0, None, 2)
     err = capsys.readouterr().err
     assert "FAILED monarch: only 0/17 frames" in err and "about" in err and "progress" in err
+
+
+def test_eval_stacks_a_diffusers_cache_on_each_method(tmp_path):
+    """`vidattn eval --cache first_block`: a `method+first_block` row after each method; the cache is off again after."""
+    from vidattn.evaluation import evaluate
+    from vidattn.pipelines.default_model import load_default_pipeline
+
+    pipe = load_default_pipeline()
+    report = evaluate(pipe, methods=["radial"], num_prompts=1, frames=9, steps=8, out=None, caches=["first_block"],
+                      method_args={"radial": {"backend": "dense", "block_size": 16}})
+    names = [r.method for r in report.results]
+    assert names == ["dense", "dense+first_block", "radial", "radial+first_block"]
+    cached = {r.method: r for r in report.results}
+    assert np.isfinite(cached["dense+first_block"].psnr)  # the cache really skipped work (not bitwise dense)
+    assert not pipe.transformer.is_cache_enabled
+    assert all(type(m.processor).__name__ == "WanAttnProcessor" for n, m in pipe.transformer.named_modules() if n.endswith("attn1"))
+    with pytest.raises(ValueError, match="caches must be names in"):
+        evaluate(pipe, methods=["radial"], num_prompts=1, out=None, caches=["fastercache"])

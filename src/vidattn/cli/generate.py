@@ -272,7 +272,7 @@ def cmd_eval(args) -> None:
           f"less on a GPU, more on a busy machine); "
           f"progress and time left below", file=sys.stderr)
     report = evaluate(methods=methods, num_prompts=args.prompts, seeds=seeds, steps=args.steps, guidance=args.guidance,
-                      out=args.out, progress=True)
+                      out=args.out, progress=True, caches=args.cache or ())
     print(report.to_markdown())
     print(f"report, plot and frame strips in {args.out}")
     if report.failures:

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="every method vs dense on the default model: PSNR/SSIM, prompt accuracy, speed, report")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
+    p.add_argument("--cache", action="append", default=None, choices=("first_block", "taylorseer"),
+                   help="also run each method with this diffusers step cache stacked on it (repeatable): rows method+cache")
     p.add_argument("--prompts", type=int, default=20, help="held-out prompts to generate")
     p.add_argument("--seeds", default="0", type=_int_list, help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
