@@ -342,9 +342,11 @@ def _demo_attention_bench(args) -> None:
     params = method_params(args.method, args, tiny_grid=False, warm_up=False)
     warm_up = ("dense_steps", "dense_layers")  # no steps or layers when timing attention alone
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
-    q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
-    with torch.no_grad():
-        dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
-        sparse, _ = best_time(lambda: proc.attend(q, k, v, layout, None, "wan"), 1, torch.device("cpu"))
-    print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128): dense SDPA {dense:.2f} s, "
-          f"{args.method} {sparse:.2f} s ({dense / sparse:.2f}x)")
+    print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128, density {proc.density(*synthetic_qkv(layout, 1, 8)[:2], layout, 'wan'):.2f}):")
+    for dtype in (torch.bfloat16, torch.float32):  # bf16 is what GPUs run; f32 is this CPU's slow path for sparse kernels
+        q, k, v = (x.to(dtype) for x in synthetic_qkv(layout, heads=2, head_dim=128))
+        with torch.no_grad():
+            dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
+            sparse, _ = best_time(lambda: proc.attend(q, k, v, layout, None, "wan"), 1, torch.device("cpu"))
+        name = str(dtype).replace("torch.", "")
+        print(f"  {name:>8}: dense SDPA {dense:.2f} s, {args.method} {sparse:.2f} s ({dense / sparse:.2f}x)")
