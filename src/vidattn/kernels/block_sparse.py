@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..patterns.plan import BlockPlan
+from .segments import segment_attention
 
-BACKENDS = ("auto", "flex", "gather", "dense")
+BACKENDS = ("auto", "flex", "gather", "segments", "dense")
 
 # torch.compile is lazy: nothing is compiled until the first call, and its cache is torch's own.
 _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
@@ -52,6 +53,8 @@ def block_sparse_attention(
     backend = resolve_backend(backend, query)
     if backend == "flex":
         return _flex(query, key, value, plan, key_valid, scale)
+    if backend == "segments":
+        return segment_attention(query, key, value, plan, key_valid, scale)
     if backend == "gather":
         return _gather(query, key, value, plan, key_valid, scale, gather_chunk)
     mask = dense_token_mask(plan, key_valid, query.device)
