@@ -143,50 +143,80 @@ def _clean_tiles(valid: torch.Tensor | None, n: int, bs: int, blocks: int) -> np
 
 
 class _Merger:
-    """Online log-sum-exp merge of normalised piece outputs into an f32 accumulator (views or gathered rows)."""
+    """Online log-sum-exp merge of normalised piece outputs into an f32 accumulator.
+
+    Pieces come in chunks of a few query tiles, so that a chunk's output and the accumulator rows it updates stay
+    in cache (fresh multi-MB outputs cost page faults, and reduced-precision outputs are widened through a reused
+    f32 buffer, which is faster than a mixed-dtype ``addcmul``).
+    """
 
     def __init__(self, shape, device):
         self.acc = torch.zeros(shape, dtype=torch.float32, device=device)
         self.ref = torch.full(shape[:-1], float("-inf"), dtype=torch.float32, device=device)
         self.weight = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
+        self._buffer = torch.empty(0, dtype=torch.float32, device=device)
 
-    @staticmethod
-    def merge(acc, ref, weight, out, lse) -> None:
+    def merge(self, acc, ref, weight, out, lse) -> None:
         """acc/ref/weight: views of the rows ``out``/``lse`` belong to; updated in place."""
-        new_ref = torch.where(torch.isinf(ref), lse, ref)
-        if bool((lse - new_ref).max() > _RESCALE_MARGIN):
-            new_ref = torch.maximum(new_ref, lse)
+        if out.dtype != torch.float32:
+            if self._buffer.numel() < out.numel():
+                self._buffer = torch.empty(out.numel(), dtype=torch.float32, device=out.device)
+            out = self._buffer[: out.numel()].view(out.shape).copy_(out)
+        shift = lse - ref  # +inf on rows no piece has reached yet
+        if bool(shift.max() > _RESCALE_MARGIN):
+            new_ref = torch.maximum(ref, lse)
             factor = torch.exp(ref - new_ref)
             acc.mul_(factor.unsqueeze(-1))
             weight.mul_(factor)
-        ref.copy_(new_ref)
-        w = torch.exp(lse - new_ref)
+            ref.copy_(new_ref)
+            shift = lse - ref
+        w = shift.exp_()
         acc.addcmul_(out, w.unsqueeze(-1))
         weight.add_(w)
 
     def finish(self, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         inv = torch.where(self.weight > 0, 1.0 / self.weight, 0.0)
-        out = (self.acc * inv.unsqueeze(-1)).to(dtype)
+        out = (self.acc.mul_(inv.unsqueeze(-1))).to(dtype)
         lse = self.ref + torch.log(self.weight)  # -inf on rows with no key
         return out, lse
 
 
+# Query tiles per call: rectangles keep >= 768 queries (the fused kernel's large-block regime), strips stay small
+# enough for their output and accumulator rows to fit in cache.
+RECT_CHUNK_TILES = 16
+STRIP_CHUNK_TILES = 16
+
+
+def _chunks(start: int, stop: int, size: int):
+    """Split [start, stop) into near-equal parts of at most ``size``."""
+    parts = -(-(stop - start) // size)
+    for i in range(parts):
+        yield start + (stop - start) * i // parts, start + (stop - start) * (i + 1) // parts
+
+
 def _tile_view(x: torch.Tensor, start_tile: int, count: int, width: int, bs: int) -> torch.Tensor:
-    """(H, count, width*bs, D) view: window i holds tokens [(start_tile+i)*bs, (start_tile+i+width)*bs) of x (H, N, D)."""
+    """(H, count, width*bs, D) view of x (H, N, D): window i holds tokens [(start_tile+i)*bs, (start_tile+i+width)*bs)."""
     h, _, d = x.shape
     sh, sn, sd = x.stride()
     return x.as_strided((h, count, width * bs, d), (sh, bs * sn, sn, sd), x.storage_offset() + start_tile * bs * sn)
 
 
 def _rect_calls(job: _Job, bs: int, n: int):
-    """(query range, key range) token pairs of the job's rectangles, keys split into valid runs."""
+    """(query range, key range) token pairs of the job's rectangles (rows chunked, keys split into valid runs)."""
     for r0, r1, c0, c1 in job.pieces.rects:
-        qs, qe = r0 * bs, min(r1 * bs, n)
         ks, ke = c0 * bs, min(c1 * bs, n)
         for vs, ve in job.valid_runs:
             lo, hi = max(ks, vs), min(ke, ve)
             if lo < hi:
-                yield (qs, qe), (lo, hi)
+                for q0, q1 in _chunks(r0, r1, RECT_CHUNK_TILES):
+                    yield (q0 * bs, min(q1 * bs, n)), (lo, hi)
+
+
+def _strip_calls(job: _Job):
+    """(first query tile, tiles, key offset, width) of the job's strips, chunked."""
+    for r0, r1, c, w in job.pieces.strips:
+        for s0, s1 in _chunks(r0, r1, STRIP_CHUNK_TILES):
+            yield s0, s1 - s0, c, w
 
 
 def _forward(query, key, value, jobs, bs: int, scale: float):
@@ -198,17 +228,16 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
         acc, ref, wsum = (x[b0:b1, h0:h1] for x in (merger.acc, merger.ref, merger.weight))
         for (qs, qe), (ks, ke) in _rect_calls(job, bs, n):
             out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
-            _Merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+            merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+        hh = h1 - h0
         for b in range(b0, b1):
-            for r0, r1, c, w in job.pieces.strips:
-                t = r1 - r0
+            for r0, t, c, w in _strip_calls(job):
                 qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
                 kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
                 vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
                 out, lse = _flash(qv, kv, vv, scale=scale)[:2]
-                rows = slice(r0 * bs, r1 * bs)
-                hh = h1 - h0
-                _Merger.merge(
+                rows = slice(r0 * bs, (r0 + t) * bs)
+                merger.merge(
                     merger.acc[b, h0:h1, rows].view(hh, t, bs, dim),
                     merger.ref[b, h0:h1, rows].view(hh, t, bs),
                     merger.weight[b, h0:h1, rows].view(hh, t, bs),
@@ -238,8 +267,8 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
             dv[sel][:, :, ks:ke] += gv
         for b in range(b0, b1):
             hh = h1 - h0
-            for r0, r1, c, w in job.pieces.strips:
-                t = r1 - r0
+            for r0, t, c, w in _strip_calls(job):
+                r1 = r0 + t
                 qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
                 kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
                 vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
