@@ -35,6 +35,8 @@ def cover_count(tiles: np.ndarray, pieces) -> np.ndarray:
     for r0, r1, c, w in pieces.strips:
         for r in range(r0, r1):
             count[r, r + c : r + c + w] += 1
+    for r, c0, w in pieces.singles:
+        count[r, c0 : c0 + w] += 1
     return count
 
 
@@ -59,6 +61,8 @@ def test_pieces_cover_random_tiles():
         assert (cover_count(tiles, pieces) == tiles).all()
         for r0, r1, c, w in pieces.strips:
             assert r1 <= 20 and all(cols[r + c : r + c + w].all() for r in range(r0, r1))
+        for r, c0, w in pieces.singles:
+            assert r < 20 and cols[c0 : c0 + w].all()
 
 
 RADIAL_CASES = [

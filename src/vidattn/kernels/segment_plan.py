@@ -26,10 +26,17 @@ class SegmentPlan:
 
     rects: tuple[tuple[int, int, int, int], ...]
     strips: tuple[tuple[int, int, int, int], ...]
+    # Leftover single-row pieces (row, first key tile, width) inside strip-able rows and columns: gathered and
+    # run batched, one call per width.
+    singles: tuple[tuple[int, int, int], ...] = ()
 
     def tiles(self) -> int:
         """Number of tiles covered (for checks and statistics)."""
-        return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in self.rects) + sum((r1 - r0) * w for r0, r1, _, w in self.strips)
+        return (
+            sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in self.rects)
+            + sum((r1 - r0) * w for r0, r1, _, w in self.strips)
+            + sum(w for _, _, w in self.singles)
+        )
 
 
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
@@ -119,9 +126,10 @@ def segment_plan(tiles: np.ndarray, strip_rows: int, strip_cols: np.ndarray) -> 
             avail[r0:r1, c0:c1] = False
     # 2. Diagonal strips in what is left: a vertical run in the matrix indexed by (row, column - row).
     strips = []
+    strippable_cols = np.asarray(strip_cols, dtype=bool)
     strippable = avail.copy()
     strippable[strip_rows:] = False
-    strippable[:, ~np.asarray(strip_cols, dtype=bool)] = False
+    strippable[:, ~strippable_cols] = False
     if strippable.any():
         rows = np.arange(qb)[:, None]
         diag = np.zeros((qb, qb + kb - 1), dtype=bool)
@@ -133,6 +141,11 @@ def segment_plan(tiles: np.ndarray, strip_rows: int, strip_cols: np.ndarray) -> 
                 strips.append((r0, r1, c, d1 - d0))
                 cols = rows[r0:r1] + c + np.arange(d1 - d0)
                 avail[rows[r0:r1], cols] = False
-    # 3. The rest as small rectangles.
-    rects.extend(_sweep(avail))
-    return SegmentPlan(tuple(_merge_side_by_side(rects)), tuple(sorted(strips)))
+    # 3. The rest: small rectangles; those inside strip-able rows and columns become gathered single rows.
+    singles = []
+    for r0, r1, c0, c1 in _sweep(avail):
+        if r1 - r0 < RECT_MIN_ROWS and c1 - c0 < RECT_MIN_COLS and r1 <= strip_rows and strippable_cols[c0:c1].all():
+            singles.extend((r, c0, c1 - c0) for r in range(r0, r1))
+        else:
+            rects.append((r0, r1, c0, c1))
+    return SegmentPlan(tuple(_merge_side_by_side(rects)), tuple(sorted(strips)), tuple(sorted(singles)))

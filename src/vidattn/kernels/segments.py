@@ -219,6 +219,29 @@ def _strip_calls(job: _Job):
             yield s0, s1 - s0, c, w
 
 
+def _single_batches(job: _Job):
+    """Gathered calls for the job's single-row pieces: (width, row tiles, first key tiles), rows unique per call."""
+    by_width: dict[int, list[list[tuple[int, int]]]] = {}
+    for r, c0, w in job.pieces.singles:
+        rounds = by_width.setdefault(w, [])
+        for batch in rounds:
+            if all(r != row for row, _ in batch):
+                batch.append((r, c0))
+                break
+        else:
+            rounds.append([(r, c0)])
+    for w, rounds in sorted(by_width.items()):
+        for batch in rounds:
+            rows, starts = zip(*batch)
+            yield w, torch.tensor(rows), torch.tensor(starts)
+
+
+def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torch.Tensor:
+    """(H, P, width*bs, D) copy of x (H, N, D): the windows of ``width`` tiles starting at tiles ``index``."""
+    windows = x.shape[1] // bs - width + 1
+    return _tile_view(x, 0, windows, width, bs).index_select(1, index)
+
+
 def _forward(query, key, value, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
     merger = _Merger((batch, heads, n, dim), query.device)
@@ -244,6 +267,17 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
                     out,
                     lse,
                 )
+            whole = n // bs
+            acc_t = merger.acc[b, h0:h1, : whole * bs].view(hh, whole, bs, dim)
+            ref_t = merger.ref[b, h0:h1, : whole * bs].view(hh, whole, bs)
+            wsum_t = merger.weight[b, h0:h1, : whole * bs].view(hh, whole, bs)
+            for w, rows, starts in _single_batches(job):
+                qg = _gathered(query[b, h0:h1], rows, 1, bs)
+                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+                out, lse = _flash(qg, kg, vg, scale=scale)[:2]
+                acc_g, ref_g, wsum_g = acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows]
+                merger.merge(acc_g, ref_g, wsum_g, out, lse)
+                acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows] = acc_g, ref_g, wsum_g
     return merger.finish(query.dtype)
 
 
@@ -283,4 +317,16 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
                     first = (r0 + c + o_) * bs
                     dk[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gk[:, :, o_])
                     dv[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gvv[:, :, o_])
+            whole = n // bs
+            dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
+            for w, rows, starts in _single_batches(job):
+                qg, gg, og = (_gathered(x[b, h0:h1], rows, 1, bs) for x in (query, grad_out, out))
+                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+                lg = lse[b, h0:h1, : whole * bs].view(hh, whole, bs)[:, rows]
+                gq, gk, gvv = _flash_backward(gg, qg, kg, vg, og, lg, 0.0, False, scale=scale)
+                dq_t.index_add_(1, rows, gq.float())
+                gk, gvv = gk.float().view(hh, -1, w, bs, dim), gvv.float().view(hh, -1, w, bs, dim)
+                for o_ in range(w):
+                    dk_t.index_add_(1, starts + o_, gk[:, :, o_])
+                    dv_t.index_add_(1, starts + o_, gvv[:, :, o_])
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
