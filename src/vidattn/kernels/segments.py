@@ -238,8 +238,9 @@ def _single_batches(job: _Job):
 
 def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torch.Tensor:
     """(H, P, width*bs, D) copy of x (H, N, D): the windows of ``width`` tiles starting at tiles ``index``."""
-    windows = x.shape[1] // bs - width + 1
-    return _tile_view(x, 0, windows, width, bs).index_select(1, index)
+    tiles = _tile_view(x, 0, x.shape[1] // bs, 1, bs)
+    picked = tiles[:, index.unsqueeze(1) + torch.arange(width)]  # (H, P, width, bs, D), only the picked tiles
+    return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
 
 
 def _forward(query, key, value, jobs, bs: int, scale: float):
