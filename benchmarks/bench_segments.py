@@ -5,6 +5,9 @@ ratios are dense time / backend time from the same run. Backward times one ``bac
 autograd (FlexAttention has no CPU backward, so it is skipped there).
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_segments.py --grid 21x30x52 --heads 2 --head-dim 128 --repeats 3
+    # on a loaded machine: one thread, CPU time (barrier waits of a descheduled OpenMP thread hit the many
+    # calls of segments far harder than the one call of dense SDPA)
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_segments.py --cpu-time
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ def _forward(backend: str, q, k, v, plan):
     return lambda: block_sparse_attention(q, k, v, plan, backend=backend)
 
 
+CLOCK = {"now": time.perf_counter}
+
+
 def _timed(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK["now"]()
     fn()
-    return time.perf_counter() - start
+    return CLOCK["now"]() - start
 
 
 def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: torch.dtype, backends: list[str], repeats: int, backward: bool) -> dict:
@@ -85,9 +91,13 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--modes", default="forward,backward")
     p.add_argument("--backends", default="flex,gather,segments", help="comma list of block_sparse_attention backends")
+    p.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with OMP_NUM_THREADS=1 on a loaded machine)")
     args = p.parse_args()
+    if args.cpu_time:
+        CLOCK["now"] = time.process_time
     layout = VideoLayout.parse(args.grid)
-    print(f"grid {layout} heads {args.heads} head_dim {args.head_dim} threads {torch.get_num_threads()} load {os.getloadavg()}")
+    clock = "process CPU time" if args.cpu_time else "wall time"
+    print(f"grid {layout} heads {args.heads} head_dim {args.head_dim} threads {torch.get_num_threads()} {clock} load {os.getloadavg()}")
     print("| mode | dtype | backend | time s | dense / backend | density |")
     print("|---|---|---|---:|---:|---:|")
     for mode in args.modes.split(","):
