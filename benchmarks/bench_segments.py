@@ -40,13 +40,16 @@ def _timed(fn) -> float:
     return CLOCK["now"]() - start
 
 
-def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: torch.dtype, backends: list[str], repeats: int, backward: bool) -> dict:
+def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: torch.dtype, backends: list[str], repeats: int, backward: bool, gather_backward: bool = False) -> dict:
     """Best time (s) per backend; 'sdpa' is dense SDPA without a mask."""
     plan = radial_plan(layout, RadialPattern(decay=decay, sink=True))
     g = torch.Generator().manual_seed(0)
     n = layout.total_tokens
     q, k, v = (torch.randn(1, heads, n, head_dim, generator=g).to(dtype) for _ in range(3))
-    names = ["sdpa"] + [b for b in backends if not (backward and b == "flex")]
+    # FlexAttention has no CPU backward; gather's backward keeps every chunk's scores (GBs at this size): opt-in.
+    names = ["sdpa"] + [b for b in backends if not (backward and b in ("flex", "gather"))]
+    if backward and gather_backward and "gather" in backends:
+        names.append("gather")
     best = {name: math.inf for name in names}
     if backward:
         grad = torch.randn(1, heads, n, head_dim, generator=g).to(dtype)
@@ -91,6 +94,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--modes", default="forward,backward")
     p.add_argument("--backends", default="flex,gather,segments", help="comma list of block_sparse_attention backends")
+    p.add_argument("--gather-backward", action="store_true", help="also time gather's backward (needs several GB at 21x30x52)")
     p.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with OMP_NUM_THREADS=1 on a loaded machine)")
     args = p.parse_args()
     if args.cpu_time:
@@ -103,7 +107,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
-            res = bench(layout, args.decay, args.heads, args.head_dim, dtype, args.backends.split(","), args.repeats, mode == "backward")
+            res = bench(layout, args.decay, args.heads, args.head_dim, dtype, args.backends.split(","), args.repeats, mode == "backward", args.gather_backward)
             dense = res["times"]["sdpa"]
             for name, t in res["times"].items():
                 print(f"| {mode} | {dtype_name} | {'dense SDPA' if name == 'sdpa' else name} | {t:.3f} | {dense / t:.2f}x | {res['density']:.3f} |", flush=True)
