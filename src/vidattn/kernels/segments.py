@@ -150,17 +150,17 @@ class _Merger:
     f32 buffer, which is faster than a mixed-dtype ``addcmul``).
     """
 
-    def __init__(self, shape, device):
-        self.acc = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.ref = torch.full(shape[:-1], float("-inf"), dtype=torch.float32, device=device)
-        self.weight = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
-        self._buffer = torch.empty(0, dtype=torch.float32, device=device)
+    def __init__(self, shape, device, dtype=torch.float32):
+        self.acc = torch.zeros(shape, dtype=dtype, device=device)
+        self.ref = torch.full(shape[:-1], float("-inf"), dtype=dtype, device=device)
+        self.weight = torch.zeros(shape[:-1], dtype=dtype, device=device)
+        self._buffer = torch.empty(0, dtype=dtype, device=device)
 
     def merge(self, acc, ref, weight, out, lse) -> None:
         """acc/ref/weight: views of the rows ``out``/``lse`` belong to; updated in place."""
-        if out.dtype != torch.float32:
+        if out.dtype != self.acc.dtype:
             if self._buffer.numel() < out.numel():
-                self._buffer = torch.empty(out.numel(), dtype=torch.float32, device=out.device)
+                self._buffer = torch.empty(out.numel(), dtype=self.acc.dtype, device=out.device)
             out = self._buffer[: out.numel()].view(out.shape).copy_(out)
         shift = lse - ref  # +inf on rows no piece has reached yet
         if bool(shift.max() > _RESCALE_MARGIN):
@@ -185,6 +185,11 @@ class _Merger:
 # enough for their output and accumulator rows to fit in cache.
 RECT_CHUNK_TILES = 16
 STRIP_CHUNK_TILES = 16
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Merges and gradient sums run in f32, or f64 for f64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _chunks(start: int, stop: int, size: int):
@@ -245,7 +250,7 @@ def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torc
 
 def _forward(query, key, value, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
-    merger = _Merger((batch, heads, n, dim), query.device)
+    merger = _Merger((batch, heads, n, dim), query.device, _accumulate_dtype(query.dtype))
     for job in jobs:
         (b0, b1), (h0, h1) = job.batch, job.heads
         q, k, v = (x[b0:b1, h0:h1] for x in (query, key, value))
@@ -287,7 +292,7 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
 
 def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
-    dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=torch.float32, device=query.device) for _ in range(3))
+    dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=_accumulate_dtype(query.dtype), device=query.device) for _ in range(3))
     grad_out = grad_out.to(query.dtype)
     for job in jobs:
         (b0, b1), (h0, h1) = job.batch, job.heads
@@ -325,8 +330,8 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
                 kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
                 lg = lse[b, h0:h1, : whole * bs].view(hh, whole, bs)[:, rows]
                 gq, gk, gvv = _flash_backward(gg, qg, kg, vg, og, lg, 0.0, False, scale=scale)
-                dq_t.index_add_(1, rows, gq.float())
-                gk, gvv = gk.float().view(hh, -1, w, bs, dim), gvv.float().view(hh, -1, w, bs, dim)
+                dq_t.index_add_(1, rows, gq.to(dq.dtype))
+                gk, gvv = gk.to(dq.dtype).view(hh, -1, w, bs, dim), gvv.to(dq.dtype).view(hh, -1, w, bs, dim)
                 for o_ in range(w):
                     dk_t.index_add_(1, starts + o_, gk[:, :, o_])
                     dv_t.index_add_(1, starts + o_, gvv[:, :, o_])
