@@ -16,7 +16,7 @@ import time
 import torch
 
 from vidattn.pipelines.streaming import CausalStreamDecoder, StreamingWanPipeline
-from vidattn.processors.hybrid import HybridConfig
+from vidattn.processors.streaming import StreamingConfig
 
 
 def build(model: str | None, device: str, dtype: torch.dtype) -> StreamingWanPipeline:
@@ -87,9 +87,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = build(args.model, args.device, getattr(torch, args.dtype))
     configs = {
-        "dense": HybridConfig(mode="dense", backend=args.backend),
-        "window": HybridConfig(mode="window", sink_frames=args.sink, window_frames=args.window, backend=args.backend),
-        "hybrid": HybridConfig(mode="hybrid", sink_frames=args.sink, window_frames=args.window, sparse_keep=args.keep, backend=args.backend),
+        "dense": StreamingConfig(mode="dense", backend=args.backend),
+        "window": StreamingConfig(mode="window", sink_frames=args.sink, window_frames=args.window, backend=args.backend),
+        "hybrid": StreamingConfig(mode="hybrid", sink_frames=args.sink, window_frames=args.window, sparse_keep=args.keep, backend=args.backend),
     }
     run(pipe, configs["window"], 1, args)  # warm-up (allocator, lazy imports)
     print(f"{args.height}x{args.width}, {args.frames_per_chunk} latent frames per chunk, {args.device}, {args.dtype}, backend {args.backend}")

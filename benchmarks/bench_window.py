@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--grid", default="3x68x120", help="latent tokens FxHxW (21x68x120 is 81 frames at 1088x1920)")
     p.add_argument("--window", default=",".join("none" if w is None else str(w) for w in FREESWIM_WINDOW), help="half-widths frames,rows,cols (none = whole axis)")
     p.add_argument("--no-inward", action="store_true")
+    p.add_argument("--tile-aligned", action="store_true", help="sliding tile attention: --size counts whole tiles of each order")
+    p.add_argument("--size", default=None, help="full window sizes frames,rows,cols instead of --window (in tiles with --tile-aligned)")
     p.add_argument("--orders", default="none,1x8x16", help="comma list of token orders: none (frame-major) or FxHxW tiles")
     p.add_argument("--backends", default="flex")
     p.add_argument("--heads", type=int, default=1)
@@ -91,13 +93,15 @@ def main() -> None:
     p.add_argument("--plan-only", action="store_true", help="build the plans and report densities, no attention")
     args = p.parse_args()
     layout = VideoLayout.parse(args.grid)
-    config = WindowConfig(window=_parse_window(args.window), inward=not args.no_inward, block_size=args.block_size)
+    window, size = (None, _parse_window(args.size)) if args.size else (_parse_window(args.window), None)
+    config = WindowConfig(window=window, size=size, inward=not args.no_inward, block_size=args.block_size, tile_aligned=args.tile_aligned)
     orders = tuple(_parse_tile(s) for s in args.orders.split(","))
     rows = bench_window(
         layout, config, orders, tuple(args.backends.split(",")), args.heads, args.head_dim, args.repeats, args.device,
         getattr(torch, args.dtype), not args.no_dense, args.plan_only,
     )
-    print(f"grid {layout} ({layout.total_tokens} tokens), window {args.window} inward={not args.no_inward}, "
+    print(f"grid {layout} ({layout.total_tokens} tokens), window {args.size or args.window} inward={not args.no_inward} "
+          f"tile_aligned={args.tile_aligned}, "
           f"{args.heads} head(s) x {args.head_dim}, {args.dtype}, {args.device}")
     print(f"{'order':<9}{'backend':<8}{'build s':>8}{'attn s':>9}{'dense/x':>9}{'tokens':>8}{'work':>7}{'1/work':>8}{'full':>7}")
     for r in rows:

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, UNet3DConditionModel, UNetMotionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from vidattn.metrics.motion import batch_frame_difference_energy, frame_difference_energy
-from vidattn.processors.broadway import (
+from vidattn.pipelines.broadway_guidance import (
     BroadWayAttnProcessor,
     BroadWayConfig,
     BroadWayController,

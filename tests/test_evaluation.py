@@ -111,12 +111,11 @@ def test_static_or_empty_video_has_no_direction():
 
 def test_eval_report_covers_every_method(tmp_path):
     """`vidattn eval` on a small grid: one row per registered method, a plot and a strip per method."""
-    from vidattn.evaluation import TINY_GRID_ARGS, evaluate
+    from vidattn.evaluation import evaluate
     from vidattn.processors.registry import METHODS
 
-    report = evaluate(
-        num_prompts=2, frames=9, steps=2, out=tmp_path, common_args={**TINY_GRID_ARGS, "block_size": 16, "backend": "dense"},
-    )
+    exact_kernel = {m: {"backend": "dense"} for m, entry in METHODS.items() if "dense" in entry.config.backends}
+    report = evaluate(num_prompts=2, frames=9, steps=2, out=tmp_path, common_args={"block_size": 16}, method_args=exact_kernel)
     text = (tmp_path / "report.md").read_text()
     assert [r.method for r in report.results] == ["dense"] + [m for m in METHODS if m != "dense"]
     for method in METHODS:
@@ -141,3 +140,63 @@ def test_eval_bad_input():
     assert {(parse_caption(p)["color"], parse_caption(p)["direction"]) for p in prompts} == {
         (c, d) for c in ("red", "green", "blue", "yellow", "white") for d in ("left", "right", "up", "down")
     }
+
+
+def test_prompt_accuracy_is_per_frame():
+    """A clip whose last frames turn yellow, or go black, scores the share of its right frames, not 1.0."""
+    from vidattn.data.shapes import COLORS
+
+    video = render_video("red", "circle", "right", frames=17, height=64, width=64)
+    caption = make_caption("red", "circle", "right")
+    assert prompt_accuracy([video], [caption]).accuracy == 1.0
+    yellow = video.copy()
+    shape = yellow[11:].sum(axis=-1) > 0
+    yellow[11:][shape] = COLORS["yellow"]  # frames 11..16 turn yellow, as the issue saw
+    r = prompt_accuracy([yellow], [caption])
+    assert (r.accuracy, r.color, r.direction) == (11 / 17, 11 / 17, 1.0)
+    assert (r.frames, r.failed_frames, r.empty_frames) == (17, 6, 0)
+    assert r.recovered[0].frame_colors == ("red",) * 11 + ("yellow",) * 6
+    assert r.recovered[0].verdict("red") == "red shape moving right in 11/17 frames; other frames: yellow 6"
+    black = video.copy()
+    black[13:] = 0.0  # the last 4 frames lose the shape
+    r = prompt_accuracy([black], [caption])
+    assert r.accuracy == pytest.approx(13 / 17) and (r.failed_frames, r.empty_frames) == (4, 4)
+    assert "no shape 4" in r.recovered[0].verdict("red")
+    # the whole-clip colour would still say "red" for both: that is what the per-frame metric fixes
+    assert recover(yellow).color == "red" and recover(black).color == "red"
+
+
+def test_all_black_output_fails_the_quality_floor():
+    from vidattn.evaluation import QUALITY_FLOOR, EvalReport, MethodResult
+
+    captions = [make_caption("red", "square", "left"), make_caption("blue", "circle", "up")]
+    black = [np.zeros((9, 32, 32, 3))] * 2
+    acc = prompt_accuracy(black, captions)
+    assert (acc.accuracy, acc.color, acc.empty_frames) == (0.0, 0.0, 18)
+    dense = MethodResult("dense", {}, 1.0, 1.0, math.inf, 1.0, 1.0, 1.0, 1.0, 18, 0, 0)
+    broken = MethodResult("monarch", {}, 1.0, 1.0, 20.0, 0.85, acc.accuracy, acc.color, acc.direction, acc.frames, acc.failed_frames, acc.empty_frames)
+    assert dense.failure is None and "0/18 frames show a shape of the prompt's colour (18 show no shape at all)" in broken.failure
+    settings = dict(prompts=captions, seeds=[0], frames=9, height=32, width=32, steps=1, guidance=1.0, machine="m", date="d")
+    text = EvalReport([dense, broken], settings).to_markdown()
+    assert "| monarch |" in text and "**FAILED**" in text and "**monarch FAILED**" in text
+    assert f"{QUALITY_FLOOR:.0%}" in text
+    assert EvalReport([dense, broken], settings).failures.keys() == {"monarch"}
+
+
+def test_eval_command_reports_failures_with_exit_1(monkeypatch, tmp_path, capsys):
+    from vidattn.cli.main import main
+    from vidattn.evaluation import EvalReport, MethodResult
+
+    def fake_evaluate(**kwargs):
+        assert kwargs["progress"] is True
+        results = [MethodResult("dense", {}, 1.0, 1.0, math.inf, 1.0, 1.0, 1.0, 1.0, 17, 0, 0),
+                   MethodResult("monarch", {}, 1.0, 1.0, 20.0, 0.85, 0.0, 0.0, 0.0, 17, 17, 17)]
+        settings = dict(prompts=["a red circle moving right"], seeds=[0], frames=17, height=64, width=64, steps=8, guidance=1.0, machine="m", date="d")
+        return EvalReport(results, settings)
+
+    monkeypatch.setattr("vidattn.evaluation.evaluate", fake_evaluate)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--methods", "monarch", "--prompts", "1", "--out", str(tmp_path)])
+    assert info.value.code not in (0, None, 2)
+    err = capsys.readouterr().err
+    assert "FAILED monarch: only 0/17 frames" in err and "about" in err and "progress" in err

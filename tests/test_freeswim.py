@@ -11,7 +11,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from tiny_models import tiny_wan, wan_inputs
 from vidattn.processors.base import VideoAttnProcessor
-from vidattn.processors.cross_override import (
+from vidattn.pipelines.cross_override import (
     CrossAttnOverride,
     FullAttnProcessor,
     freeswim_scale_factor,

@@ -16,12 +16,7 @@ from vidattn.kernels.monarch import (
     monarch_video_attention,
 )
 from vidattn.layout import VideoLayout
-from vidattn.processors.monarch import (
-    MonarchAttnProcessor,
-    MonarchConfig,
-    apply_monarch_attention,
-    remove_monarch_attention,
-)
+from vidattn.processors import MonarchAttnProcessor, MonarchConfig, apply_monarch_attention, remove_processors
 
 
 def qkv(layout, batch=1, heads=2, dim=6, sharp=1.0, seed=0, dtype=torch.float64):
@@ -261,9 +256,11 @@ def test_bad_config_and_inputs_error():
         monarch_attention(q[:, :, :-1], k, v, layout)
 
 
-def test_cli_style_processor_with_backend_kwarg():
+def test_backend_is_checked_not_ignored():
     layout = VideoLayout(2, 3, 4)
-    proc = MonarchAttnProcessor(layout=layout, backend="flex", w_reduce=4)
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto',\), got 'flex'"):
+        MonarchAttnProcessor(layout=layout, backend="flex", w_reduce=4)
+    proc = MonarchAttnProcessor(layout=layout, backend="auto", w_reduce=4)
     q, k, v = qkv(layout, dtype=torch.float32)
     torch.testing.assert_close(proc.attend(q, k, v, layout, None, "wan"), F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
@@ -287,10 +284,10 @@ def test_processors_on_tiny_models(family):
         context = apply_monarch_attention(model, exact)
         torch.testing.assert_close(_run(model, inputs), stock, rtol=1e-4, atol=1e-5)
         assert context.layout is not None and context.layout.grid == (3, 4, 5)
-        remove_monarch_attention(model)
+        remove_processors(model)
     apply_monarch_attention(model, MonarchConfig(h_reduce=2))
     approx = _run(model, inputs)
-    remove_monarch_attention(model)
+    remove_processors(model)
     assert torch.isfinite(approx).all() and (approx - stock).abs().max() > 1e-6
     torch.testing.assert_close(_run(model, inputs), stock)
 
@@ -303,7 +300,7 @@ def test_drop_in_set_attn_processor_and_dense_layers():
     assert (drop_in - stock).abs().max() > 1e-6
     apply_monarch_attention(model, MonarchConfig(h_reduce=2, dense_layers=2))  # every layer dense
     torch.testing.assert_close(_run(model, inputs), stock, rtol=1e-4, atol=1e-5)
-    remove_monarch_attention(model)
+    remove_processors(model)
 
 
 def test_training_backward_through_tiny_wan():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vidattn.layout import VideoLayout
-from vidattn.patterns.radial import RadialPattern, radial_plan
+from vidattn.patterns.radial import RadialPattern, radial_allows, radial_plan
 
 
 def naive_pair_allows(i, j, s, decay, block, sink, decimation=128):
@@ -86,6 +86,50 @@ def test_plan_properties(layout, decay, block, sink, decimation):
         # symmetric in |i - j| (mirror of the plan equals its transpose when the sink is off)
         nosink = radial_plan(layout, RadialPattern(decay=decay, block_size=block, sink=False, decimation=decimation)).tiles[0, 0]
         assert torch.equal(nosink, nosink.T)
+
+
+RAGGED = GEOMETRIES[1:3] + [
+    (VideoLayout(13, 3, 5), 1.0, 16, True, 128),  # 15 tokens per frame, far pairs decimated
+    (VideoLayout(20, 5, 7), 0.7, 16, False, 128),
+]
+
+
+def token_mask_from_radial_allows(layout, pattern):
+    """The package's per-token rule, frame pair by frame pair, on the (video) token canvas; text rows/cols set."""
+    n, s, start = layout.total_tokens, layout.tokens_per_frame, layout.video_start
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    row, col = torch.arange(s).view(-1, 1), torch.arange(s).view(1, -1)
+    for i in range(layout.frames):
+        for j in range(layout.frames):
+            allowed = radial_allows(i, j, row, col, s, pattern)
+            expected = naive_pair_allows(i, j, s, pattern.decay, pattern.block_size, pattern.sink, pattern.decimation)
+            assert torch.equal(allowed, torch.ones(s, s, dtype=torch.bool) if expected is None else expected), (i, j)
+            mask[start + i * s : start + (i + 1) * s, start + j * s : start + (j + 1) * s] = allowed
+    text = torch.ones(n, dtype=torch.bool)
+    text[start : start + layout.video_tokens] = False
+    return mask | text.view(-1, 1) | text.view(1, -1)
+
+
+@pytest.mark.parametrize("layout,decay,block,sink,decimation", RAGGED)
+def test_plan_against_the_per_token_rule(layout, decay, block, sink, decimation):
+    """radial_allows equals the spec's rule; the plan keeps every tile of a full frame pair and no tile without an
+    allowed pair. Band tiles may be dropped: the strict tile rule is lossy by design (which ones: the test above)."""
+    pattern = RadialPattern(decay=decay, block_size=block, sink=sink, decimation=decimation)
+    mask = token_mask_from_radial_allows(layout, pattern)
+    n, s, start = layout.total_tokens, layout.tokens_per_frame, layout.video_start
+    tiles = radial_plan(layout, pattern).tiles[0, 0]
+    idx = torch.arange(n)
+    kept = tiles[idx.view(-1, 1) // block, idx.view(1, -1) // block]
+    frame = (idx - start).div(s, rounding_mode="floor")
+    video = (idx >= start) & (idx < start + layout.video_tokens)
+    full_pair = ((frame.view(-1, 1) - frame.view(1, -1)).abs() <= 1) | (sink & (frame.view(1, -1) == 0))
+    assert kept[full_pair & video.view(-1, 1) & video.view(1, -1)].all(), "a full frame pair lost a tile"
+    nb = -(-n // block)
+    padded = torch.zeros(nb * block, nb * block, dtype=torch.bool)
+    padded[:n, :n] = mask
+    touched = padded.view(nb, block, nb, block).any(3).any(1)
+    assert not (tiles & ~touched).any(), "a kept tile holds no allowed token pair"
+    assert touched.sum() >= tiles.sum() > 0
 
 
 def test_sparsity_grows_with_frames():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from test_radial_pattern import naive_radial_tiles
 from tiny_models import cogvideox_inputs, hunyuan_inputs, run_with_processor, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_inputs
 
-from vidattn import RadialAttnProcessor, RadialConfig, VideoLayout, apply_radial_attention, remove_radial_attention
+from vidattn import RadialAttnProcessor, RadialConfig, VideoLayout, apply_radial_attention, remove_processors
 from vidattn.processors import DenseAttnProcessor, VideoAttnProcessor, video_attention_layers
 
 FAMILIES = {
@@ -95,7 +95,7 @@ def test_dense_layers_keep_first_layers_stock():
     with torch.no_grad():
         expected = reference(**inputs)[0]
     torch.testing.assert_close(out, expected)
-    remove_radial_attention(model)
+    remove_processors(model)
     with torch.no_grad():
         assert torch.equal(model(**inputs)[0], tiny_wan()(**inputs)[0])
 

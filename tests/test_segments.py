@@ -160,3 +160,20 @@ def test_auto_rule():
     with torch.no_grad():
         assert resolve_backend("auto", q, plain) == "segments"  # CPU f32 inference
         assert resolve_backend("auto", q, masked) == "flex"
+
+
+def test_real_keys_are_never_attended():
+    """Padding inside the sequence (BlockPlan.real_keys) is masked like key_valid, and combines with it."""
+    layout = VideoLayout(12, 8, 16)
+    base = radial_plan(layout, RadialPattern(decay=0.3, block_size=16, decimation=16))
+    n = layout.total_tokens
+    real = torch.ones(n, dtype=torch.bool)
+    real[100:120] = False
+    real[500:503] = False
+    plan = BlockPlan(base.tiles, 16, n, full=None, real_keys=real)
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, -7:] = False
+    mask = expand_tiles(plan.tiles, 16, n) & real.view(1, 1, 1, n) & key_valid.view(2, 1, 1, n)
+    q, k, v = qkv(2, 2, n, 16, seed=7)
+    out = block_sparse_attention(q, k, v, plan, key_valid, backend="segments")
+    torch.testing.assert_close(out, reference(q, k, v, mask), atol=1e-5, rtol=1e-5)

@@ -11,18 +11,12 @@ from tiny_models import tiny_wan
 from vidattn.kernels.block_sparse import block_sparse_attention
 from vidattn.kernels.linear_state import LinearAttentionState, linear_readout, update_linear_state
 from vidattn.pipelines.default_model import build_default_pipeline
+from vidattn.patterns.streaming import topk_window_plan
+from vidattn.pipelines.stream_state import apply_streaming_attention, cache_frames, remove_streaming_attention, wan_rope_table
 from vidattn.pipelines.streaming import CausalStreamDecoder, StreamingWanPipeline, stream_to_mp4
 from vidattn.processors.base import VideoAttnProcessor
-from vidattn.processors.hybrid import (
-    HybridConfig,
-    apply_hybrid_attention,
-    cache_frames,
-    remove_hybrid_attention,
-    topk_window_plan,
-    wan_rope_table,
-    window_attention,
-)
 from vidattn.processors.install import install_processors
+from vidattn.processors.streaming import StreamingConfig, topk_window_attention
 from vidattn.schedulers.few_step import FewStepSchedule
 
 H, W, TEXT = 4, 6, 5  # latent grid of the tiny transformer: 2 x 3 = 6 tokens per frame after patching
@@ -59,16 +53,16 @@ def reference_last_chunk(ref, context, sample, t, embeds):
 
 def drive_stream(transformer, config, samples, cleans, embeds, t=500.0):
     """Per chunk: one denoising call on ``samples[c]`` at ``t`` (output kept) and one commit call on ``cleans[c]`` at 0."""
-    state = apply_hybrid_attention(transformer, config)
+    state = apply_streaming_attention(transformer, config)
     state.new_prompt()
     outs, frame = [], 0
     batch = samples[0].shape[0]
     with torch.no_grad():
         for sample, clean in zip(samples, cleans):
-            state.begin(frame)
-            outs.append(transformer(sample, torch.full((batch,), t), embeds, return_dict=False)[0])
-            state.begin(frame, commit=True)
-            transformer(clean, torch.zeros(batch), embeds, return_dict=False)
+            with state.context.call(frame=frame):
+                outs.append(transformer(sample, torch.full((batch,), t), embeds, return_dict=False)[0])
+            with state.context.call(frame=frame, commit=True):
+                transformer(clean, torch.zeros(batch), embeds, return_dict=False)
             frame += sample.shape[2]
     return outs, state
 
@@ -161,7 +155,7 @@ def naive_topk_mask(q, k, keep, bs):
 def test_sparse_window_equals_masked_sdpa_and_keep_one_is_dense(backend):
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 2, 22, 8, generator=g), torch.randn(2, 2, 53, 8, generator=g), torch.randn(2, 2, 53, 8, generator=g)
-    out = window_attention(q, k, v, keep=0.4, block_size=8, backend=backend)
+    out = topk_window_attention(q, k, v, keep=0.4, block_size=8, backend=backend)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_topk_mask(q, k, 0.4, 8))
     assert (out - ref).abs().max() < 1e-5
     plan = topk_window_plan(q, k, 1.0, 8)  # keep = 1 selects every key block for every query block ...
@@ -177,7 +171,7 @@ def test_cache_covering_history_equals_block_causal_attention(mode):
     model = tiny_wan()
     ref = block_causal_model(model, fpc)
     samples, cleans, e = chunks(n, fpc), chunks(n, fpc, seed=1), embeds()
-    config = HybridConfig(mode=mode, sink_frames=1, window_frames=fpc * n, max_frames=fpc * n)
+    config = StreamingConfig(mode=mode, sink_frames=1, window_frames=fpc * n, max_frames=fpc * n)
     outs, state = drive_stream(model, config, samples, cleans, e)
     # the last chunk attended to all 6 frames; after its commit the window mode keeps only what a next chunk needs
     assert cache_frames(state)[0] == (list(range(6)) if mode == "dense" else [0, 3, 4, 5])
@@ -193,16 +187,16 @@ def test_cache_covering_history_equals_block_causal_attention(mode):
 def test_zero_linear_proj_equals_sliding_window_and_nonzero_differs():
     samples, cleans, e = chunks(5, 1), chunks(5, 1, seed=1), embeds()
     small = dict(sink_frames=1, window_frames=3, max_frames=4, block_size=4, backend="gather")
-    window, _ = drive_stream(tiny_wan(), HybridConfig(mode="window", **small), samples, cleans, e)
+    window, _ = drive_stream(tiny_wan(), StreamingConfig(mode="window", **small), samples, cleans, e)
     model = tiny_wan()
-    hybrid, state = drive_stream(model, HybridConfig(mode="hybrid", sparse_keep=1.0, **small), samples, cleans, e)
+    hybrid, state = drive_stream(model, StreamingConfig(mode="hybrid", sparse_keep=1.0, **small), samples, cleans, e)
     assert state.layers[0].linear.count == 3 * 6  # frames 1-3 evicted (6 tokens each), the last at the final commit
     for a, b in zip(window, hybrid):
         assert (a - b).abs().max() < 1e-5
-    remove_hybrid_attention(model, keep_linear_proj=True)
+    remove_streaming_attention(model, keep_linear_proj=True)
     for block in model.blocks:
         torch.nn.init.normal_(block.attn1.linear_proj.weight, std=0.5)
-    trained, _ = drive_stream(model, HybridConfig(mode="hybrid", sparse_keep=1.0, **small), samples, cleans, e)
+    trained, _ = drive_stream(model, StreamingConfig(mode="hybrid", sparse_keep=1.0, **small), samples, cleans, e)
     assert torch.equal(trained[1], hybrid[1])  # nothing evicted yet: the linear branch is silent
     assert (trained[-1] - hybrid[-1]).abs().max() > 1e-3
 
@@ -211,12 +205,12 @@ def test_zero_linear_proj_equals_sliding_window_and_nonzero_differs():
 def test_eviction_keeps_sink_and_cache_stays_bounded(mode):
     sink, window, fpc, n = 2, 6, 2, 7
     model = tiny_wan(num_layers=1)
-    state = apply_hybrid_attention(model, HybridConfig(mode=mode, sink_frames=sink, window_frames=window, max_frames=8, block_size=4, backend="gather"))
+    state = apply_streaming_attention(model, StreamingConfig(mode=mode, sink_frames=sink, window_frames=window, max_frames=8, block_size=4, backend="gather"))
     sizes = []
     with torch.no_grad():
         for c, x in enumerate(chunks(n, fpc, batch=1)):
-            state.begin(c * fpc, commit=True)
-            model(x, torch.zeros(1), embeds(1), return_dict=False)
+            with state.context.call(frame=c * fpc, commit=True):
+                model(x, torch.zeros(1), embeds(1), return_dict=False)
             committed = list(range((c + 1) * fpc))
             if mode == "dense":
                 expected = committed
@@ -274,16 +268,16 @@ def test_chunked_vae_decode_equals_full_decode_and_mp4(pipe, tmp_path):
 
 def test_bad_input_raises_clear_errors(pipe):
     with pytest.raises(ValueError, match="sink_frames"):
-        HybridConfig(sink_frames=9, window_frames=6)
+        StreamingConfig(sink_frames=9, window_frames=6)
     for keep in (0, -0.1, 1.5):
         with pytest.raises(ValueError, match="sparse_keep"):
-            HybridConfig(sparse_keep=keep)
+            StreamingConfig(sparse_keep=keep)
     with pytest.raises(ValueError, match="mode"):
-        HybridConfig(mode="sparse")
+        StreamingConfig(mode="sparse")
     with pytest.raises(ValueError, match="window_frames"):
-        HybridConfig(sink_frames=3, window_frames=9).check_chunk(7)
+        StreamingConfig(sink_frames=3, window_frames=9).check_chunk(7)
     with pytest.raises(ValueError, match="window_frames"):
-        next(pipe.stream("a", 2, HybridConfig(sink_frames=1, window_frames=2), frames_per_chunk=3, height=16, width=16))
+        next(pipe.stream("a", 2, StreamingConfig(sink_frames=1, window_frames=2), frames_per_chunk=3, height=16, width=16))
     with pytest.raises(ValueError, match="attention"):
         next(pipe.stream("a", 2, "radial", height=16, width=16))
     with pytest.raises(ValueError, match="steps"):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import cogvideox_inputs, hunyuan_inputs, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_inputs
 
-from vidattn import VideoLayout, VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention, remove_vmoba_attention
+from vidattn import VideoLayout, VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention, remove_processors
 from vidattn.processors import VideoAttnProcessor, install_processors, vmoba_partition_maps
 from vidattn.processors.registry import make_processor
 from vidattn.processors.vmoba import attention_with_plan
@@ -293,7 +293,7 @@ def test_threshold_one_equals_stock_processor(family):
         stock = model(**inputs)[0]
         apply_vmoba_attention(model, VMoBAConfig(threshold=1.0, **SMALL))
         out = model(**inputs)[0]
-        remove_vmoba_attention(model)
+        remove_processors(model)
         assert torch.equal(model(**inputs)[0], stock)
     assert (out - stock).abs().max() <= 1e-5
 
@@ -313,7 +313,7 @@ def test_layer_cycle_on_model_equals_naive_reference(family):
     assert (out - stock).abs().max() > 1e-4, "threshold 0.2 should be sparse on this grid"
 
 
-def test_drop_in_dense_steps_and_first_sparse_layer():
+def test_drop_in_dense_steps_and_dense_layers():
     inputs = wan_inputs(frames=5)
     model = tiny_wan()
     with torch.no_grad():
@@ -327,8 +327,8 @@ def test_drop_in_dense_steps_and_first_sparse_layer():
         assert torch.equal(model(**inputs)[0], stock), "step 0 is a dense warm-up step"
         later = {**inputs, "timestep": torch.tensor([400, 400])}
         assert (model(**later)[0] - tiny_wan()(**later)[0]).abs().max() > 1e-4
-        # first_sparse_layer=2 on a 2-layer model: every layer stays stock.
-        apply_vmoba_attention(model, VMoBAConfig(threshold=0.2, first_sparse_layer=2, **SMALL))
+        # dense_layers=2 on a 2-layer model: every layer stays stock.
+        apply_vmoba_attention(model, VMoBAConfig(threshold=0.2, dense_layers=2, **SMALL))
         assert torch.equal(model(**inputs)[0], stock)
     assert isinstance(make_processor("vmoba", threshold=0.5), VMoBAAttnProcessor)
 

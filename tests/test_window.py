@@ -15,11 +15,10 @@ from vidattn.processors.window import (
     FREESWIM_SCALE_FACTOR,
     WindowAttnProcessor,
     WindowConfig,
-    apply_window_attention,
     entropy_scale_factor,
-    remove_window_attention,
     window_attention,
 )
+from vidattn.processors import apply_window_attention, remove_processors
 
 
 # -- naive reference -----------------------------------------------------------------------------------------
@@ -192,7 +191,7 @@ def test_window_covering_the_grid_equals_dense(window, inward):
     proc = WindowAttnProcessor(window=window, inward=inward, scale_factor=1.0, block_size=32, backend="gather")
     q, k, v = qkv(layout.total_tokens)
     torch.testing.assert_close(proc.attend(q, k, v, layout, None, "wan"), F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
-    assert proc.plan(layout).sparsity == 0.0
+    assert proc.plan(q, k, layout, "wan").plan.sparsity == 0.0
 
 
 def test_scale_factor_default_is_freeswim_and_multiplies_the_softmax_scale():
@@ -252,16 +251,44 @@ def test_drop_in_on_wan_matches_apply_and_remove_restores_stock():
         torch.testing.assert_close(model(**inputs)[0], drop_in)
         apply_window_attention(model, WindowConfig(window=(1, 1, 2), block_size=8, backend="gather", dense_layers=2))
         assert torch.equal(model(**inputs)[0], stock), "dense_layers=2 keeps both layers stock"
-        remove_window_attention(model)
+        remove_processors(model)
         assert torch.equal(model(**inputs)[0], stock)
     assert (drop_in - stock).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("inward", [True, False])
+def test_window_wider_than_its_axis_covers_the_axis(inward):
+    """Rows: a 9-row window on 7 rows sees every row (inward) or the truncated window (not inward, per the naive
+    slide); cols: dilation 2 with a window longer than the residue class sees the query's whole class."""
+    layout = VideoLayout(3, 7, 9, text=5)
+    wide = window_plan(layout, WindowPattern(window_extents((1, 4, 5)), inward=inward, block_size=16))
+    expected = naive_mask(layout, (window_extents((1, 0, 0))[0], None if inward else (4, 4), (5, 5)), inward=inward)
+    assert torch.equal(plan_mask_original_order(wide), expected)
+    dilated = window_plan(layout, WindowPattern(window_extents((0, 1, 3)), dilation=(1, 1, 2), block_size=16))
+    idx = torch.arange(layout.video_tokens)
+    cols, frames = idx % 9, idx // 63
+    rows_ok = (((idx // 9) % 7).view(-1, 1) - ((idx // 9) % 7).view(1, -1)).abs() <= 1
+    rows_ok |= (((idx // 9) % 7).view(-1, 1) == 0) & (((idx // 9) % 7).view(1, -1) == 2)  # inward slide at row 0
+    rows_ok |= (((idx // 9) % 7).view(-1, 1) == 6) & (((idx // 9) % 7).view(1, -1) == 4)  # and at row 6
+    video = (frames.view(-1, 1) == frames.view(1, -1)) & rows_ok & ((cols.view(-1, 1) - cols.view(1, -1)) % 2 == 0)
+    got = plan_mask_original_order(dilated)[: layout.video_tokens, : layout.video_tokens]
+    assert torch.equal(got, video)
+
+
+@pytest.mark.parametrize("grid", [(21, 30, 52), (21, 45, 80), (33, 45, 80), (13, 30, 45)])
+def test_default_windows_run_at_every_native_grid(grid):
+    """Wan 480p/720p, HunyuanVideo, CogVideoX: the defaults (token and tile-aligned) build a plan; at 30 rows the
+    31-row window covers the rows."""
+    layout = VideoLayout(*grid)
+    for config in (WindowConfig(), WindowConfig(tile_aligned=True)):
+        for tile in config.candidate_tiles():
+            wplan = window_plan(layout, config.pattern(tile))
+            assert wplan.plan.tiles.any()
+    rows = WindowConfig().pattern(None).fitted_extents(grid)[1]
+    assert (rows is None) == (grid[1] <= 31)
+
+
 def test_bad_input_errors():
-    with pytest.raises(ValueError, match="with inward=True the window must fit"):
-        WindowAttnProcessor(window=(1, 4, 1), backend="gather").plan(VideoLayout(3, 7, 9))
-    with pytest.raises(ValueError, match="along cols"):
-        window_plan(VideoLayout(3, 7, 9), WindowPattern(window_extents((0, 1, 2)), dilation=(1, 1, 2)))
     window_plan(VideoLayout(3, 7, 9), WindowPattern(window_extents((1, 4, 5)), inward=False))  # truncation is fine
     with pytest.raises(ValueError, match="window must be three entries"):
         WindowConfig(window=(3, 3))
@@ -287,6 +314,6 @@ def test_bad_input_errors():
         WindowConfig(inward="yes")
     with pytest.raises(ValueError, match="unknown WindowAttnProcessor argument"):
         WindowAttnProcessor(decay=0.5)
-    with pytest.raises(ValueError, match="train_tokens and infer_tokens"):
+    with pytest.raises(ValueError, match="train_tokens must be an int >= 2"):
         entropy_scale_factor(1, 10)
     assert entropy_scale_factor(1560, 8160) ** 2 == pytest.approx(math.log(8160) / math.log(1560))

@@ -1,79 +1,11 @@
 """vidattn: faster, longer, higher-resolution video generation for diffusers video models."""
 
+from . import processors as _processors
 from .context import AttentionContext, attach_context, detach_context
 from .layout import VideoLayout
-from .processors import (
-    BroadWayConfig,
-    CrossAttnOverride,
-    HybridAttnProcessor,
-    HybridConfig,
-    MonarchAttnProcessor,
-    MonarchConfig,
-    RadialAttnProcessor,
-    RadialConfig,
-    VMoBAAttnProcessor,
-    VMoBAConfig,
-    WindowAttnProcessor,
-    WindowConfig,
-    apply_broadway,
-    apply_hybrid_attention,
-    apply_method,
-    apply_monarch_attention,
-    apply_radial_attention,
-    apply_vmoba_attention,
-    apply_window_attention,
-    install_cross_override,
-    remove_broadway,
-    remove_cross_override,
-    remove_hybrid_attention,
-    remove_monarch_attention,
-    remove_processors,
-    remove_radial_attention,
-    remove_vmoba_attention,
-    remove_window_attention,
-)
+from .models import UnsupportedModelError
+from .processors import *  # noqa: F403 - the processors' public names are the package's
 
-__all__ = [
-    "AttentionContext",
-    "BroadWayAnimateDiffPipeline",
-    "BroadWayConfig",
-    "CrossAttnOverride",
-    "FreeSwimPipeline",
-    "HybridAttnProcessor",
-    "HybridConfig",
-    "MonarchAttnProcessor",
-    "MonarchConfig",
-    "RadialAttnProcessor",
-    "RadialConfig",
-    "StreamingWanPipeline",
-    "VMoBAAttnProcessor",
-    "VMoBAConfig",
-    "VideoLayout",
-    "WindowAttnProcessor",
-    "WindowConfig",
-    "apply_broadway",
-    "apply_hybrid_attention",
-    "apply_method",
-    "apply_monarch_attention",
-    "apply_radial_attention",
-    "apply_vmoba_attention",
-    "apply_window_attention",
-    "attach_context",
-    "default_model_path",
-    "detach_context",
-    "install_cross_override",
-    "load_default_pipeline",
-    "remove_broadway",
-    "remove_cross_override",
-    "remove_hybrid_attention",
-    "remove_monarch_attention",
-    "remove_processors",
-    "remove_radial_attention",
-    "remove_vmoba_attention",
-    "remove_window_attention",
-    "run_broadway_generation",
-    "stream_to_mp4",
-]
 __version__ = "0.1.0"
 
 # Pipelines import diffusers' pipeline classes (and through them transformers' image processors), which is slow
@@ -81,12 +13,26 @@ __version__ = "0.1.0"
 _LAZY = {
     "BroadWayAnimateDiffPipeline": "pipelines.broadway",
     "run_broadway_generation": "pipelines.broadway",
+    "BroadWayConfig": "pipelines.broadway_guidance",
+    "apply_broadway": "pipelines.broadway_guidance",
+    "remove_broadway": "pipelines.broadway_guidance",
+    "CrossAttnOverride": "pipelines.cross_override",
+    "FullAttnProcessor": "pipelines.cross_override",
+    "install_cross_override": "pipelines.cross_override",
+    "refresh_steps": "pipelines.cross_override",
+    "remove_cross_override": "pipelines.cross_override",
     "default_model_path": "pipelines.default_model",
     "load_default_pipeline": "pipelines.default_model",
     "FreeSwimPipeline": "pipelines.freeswim",
+    "StreamState": "pipelines.stream_state",
+    "apply_streaming_attention": "pipelines.stream_state",
+    "remove_streaming_attention": "pipelines.stream_state",
     "StreamingWanPipeline": "pipelines.streaming",
     "stream_to_mp4": "pipelines.streaming",
 }
+
+
+__all__ = sorted({"AttentionContext", "UnsupportedModelError", "VideoLayout", "attach_context", "detach_context", *_processors.__all__, *_LAZY})
 
 
 def __getattr__(name: str):

@@ -1,29 +1,46 @@
-"""Per-call state a processor cannot see (grid, denoising step), filled by a diffusers ModelHook on the transformer."""
+"""The one per-call state object: what a processor or controller cannot see from its own arguments.
+
+The hook fills the grid, step and timestep once per transformer (or UNet) call; a pipeline sets the fields that
+belong to a call it drives (FreeSwim's phase/branch, the streaming chunk's first frame and commit flag) with
+:meth:`AttentionContext.call`. Every processor and controller of vidattn reads these from one context.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from .checks import check_bool, check_int
 from .layout import VideoLayout
+from .models import find_spec, patch_size_of
 
 CONTEXT_HOOK_NAME = "vidattn_context"
+CALL_FIELDS = ("phase", "branch", "frame", "commit")
 
 
 @dataclass
 class AttentionContext:
-    """Shared by the processors of one transformer: the current grid and denoising step.
+    """Shared by the processors (and controller) of one model: the current grid, denoising step and call fields.
 
-    ``step`` counts changes of the ``timestep`` value, so classifier-free guidance run as two calls or as one
-    batch sees the same step; a timestep that rises again means a new generation and resets the count.
+    Filled by the hook: ``layout`` (the latent grid), ``step`` and ``last_timestep``. ``step`` counts changes of
+    the ``timestep`` value, so classifier-free guidance run as two calls or as one batch sees the same step; a
+    timestep that rises again means a new generation and resets the count.
+    Set by a pipeline for the calls it drives, through :meth:`call` only: ``phase`` and ``branch`` (FreeSwim's
+    record/inject pass and CFG branch, None outside one), ``frame`` (absolute index of the streaming chunk's
+    first latent frame) and ``commit`` (the streaming refresh pass that writes the KV cache).
     """
 
     layout: VideoLayout | None = None
     step: int = 0
     last_timestep: float | None = None
-    calls: int = field(default=0)
+    phase: str | None = None
+    branch: str | None = None
+    frame: int = 0
+    commit: bool = False
 
     def observe_timestep(self, timestep: float) -> None:
         if self.last_timestep is None or timestep > self.last_timestep:
@@ -32,22 +49,43 @@ class AttentionContext:
             self.step += 1
         self.last_timestep = timestep
 
+    @contextmanager
+    def call(self, **fields) -> Iterator["AttentionContext"]:
+        """Set per-call fields (``phase``, ``branch``, ``frame``, ``commit``) for the model calls inside the block;
+        the previous values come back on exit, so calls nest."""
+        unknown = sorted(set(fields) - set(CALL_FIELDS))
+        if unknown:
+            raise ValueError(f"AttentionContext.call takes {CALL_FIELDS}, got {unknown}")
+        for name in ("phase", "branch"):
+            if name in fields and fields[name] is not None and not isinstance(fields[name], str):
+                raise ValueError(f"{name} must be a string or None, got {fields[name]!r}")
+        if "frame" in fields:
+            check_int("frame", fields["frame"], 0, note="absolute index of the chunk's first latent frame")
+        if "commit" in fields:
+            check_bool("commit", fields["commit"])
+        previous = {name: getattr(self, name) for name in fields}
+        for name, value in fields.items():
+            setattr(self, name, value)
+        try:
+            yield self
+        finally:
+            for name, value in previous.items():
+                setattr(self, name, value)
+
     def reset(self) -> None:
-        self.step, self.last_timestep, self.calls, self.layout = 0, None, 0, None
+        """Forget the hook-filled fields (a new generation); the call fields belong to the open ``call`` blocks."""
+        self.step, self.last_timestep, self.layout = 0, None, None
 
 
 def _patch_size(config) -> tuple[int, int, int]:
-    """(p_t, p_h, p_w) from a diffusers transformer config (Wan tuple, Hunyuan/CogVideoX ints)."""
-    patch = config.get("patch_size")
-    if isinstance(patch, (tuple, list)):
-        return tuple(int(p) for p in patch)  # type: ignore[return-value]
-    patch_t = config.get("patch_size_t") or 1
-    return (int(patch_t), int(patch), int(patch))
+    """(p_t, p_h, p_w) from a diffusers transformer config (the reader of every class in :data:`vidattn.models.MODELS`)."""
+    return patch_size_of(config)
 
 
 def _frames_first(transformer: torch.nn.Module) -> bool:
-    """CogVideoX feeds latents as (B, F, C, H, W); Wan and HunyuanVideo as (B, C, F, H, W)."""
-    return type(transformer).__name__.startswith("CogVideoX")
+    """Whether latents arrive as (B, F, C, H, W) (CogVideoX), from the model table."""
+    spec = find_spec(transformer)
+    return spec is not None and spec.frames_first
 
 
 class AttentionContextHook(ModelHook):
@@ -64,17 +102,20 @@ class AttentionContextHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        frames = height = width = None
         if hidden_states is not None and hidden_states.ndim == 5:
             if self.frames_first:
                 frames, height, width = hidden_states.shape[1], hidden_states.shape[3], hidden_states.shape[4]
             else:
                 frames, height, width = hidden_states.shape[2:]
+        elif all(isinstance(kwargs.get(name), int) for name in ("num_frames", "height", "width")):  # packed latents (LTX-2)
+            frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
+        if frames is not None:
             p_t, p_h, p_w = self.patch_size
             self.context.layout = VideoLayout(max(frames // p_t, 1), height // p_h, width // p_w)
         if timestep is not None:
             value = timestep.max().item() if torch.is_tensor(timestep) else float(timestep)
             self.context.observe_timestep(float(value))
-        self.context.calls += 1
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

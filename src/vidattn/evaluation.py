@@ -9,32 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from .latents import denormalise_latents, latent_stats
 from .data.shapes import DIRECTIONS, SHAPE_COLORS, SHAPES, make_caption
 from .metrics.fidelity import psnr, ssim
 from .metrics.prompt_accuracy import prompt_accuracy
-from .processors.registry import METHODS, apply_method
-
-# Settings that suit the default model's 5 x 8 x 8 latent grid (320 tokens); fields a method lacks are skipped.
-TINY_GRID_ARGS: dict[str, object] = {
-    "block_size": 32,
-    "temporal_chunk": 1,
-    "spatial_chunk": (4, 4),
-    "st_chunk": (2, 4, 4),
-    "window": (1, 2, 2),  # half-widths (frames, rows, cols): a 3 x 5 x 5 window
-}
+from .processors.config import config_fields
+from .processors.registry import METHODS, apply_method, get_method
 
 # The default model was trained on prompts padded to 16 text tokens (configs/default_model.yaml): WanPipeline's
 # own 512 would drown the ~10 real tokens in zero padding. Harmless for other pipelines (prompts are short).
 DEFAULT_MAX_SEQUENCE_LENGTH = 16
+
+# Quality floor: a method fails when fewer than this share of its frames show a shape of the prompt's colour (an
+# all-black or shapeless output can still score SSIM 0.85 against dense on a mostly black frame).
+QUALITY_FLOOR = 0.5
 
 
 def held_out_prompts(n: int = 20) -> list[str]:
@@ -48,31 +46,42 @@ def held_out_prompts(n: int = 20) -> list[str]:
     ]
 
 
-def method_config(method: str, method_args: dict | None = None, common: dict | None = None) -> dict:
-    """The config fields used for ``method``: ``common`` fields the method has, then its own ``method_args``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    config = METHODS[method].config
-    fields = set(config.__dataclass_fields__) if config is not None else set()
-    args = {k: v for k, v in (common or {}).items() if k in fields}
-    args.update(method_args or {})
-    return args
+def method_config(method: str, method_args: dict | None = None, common: dict | None = None, tiny_grid: bool = True) -> dict:
+    """The config fields used for ``method``: its registry ``tiny_grid`` settings (the default model's 5 x 8 x 8 grid),
+    then the ``common`` fields its config has, then its own ``method_args``."""
+    entry = get_method(method)
+    fields = set(config_fields(entry.config))
+    return {**(entry.tiny_grid if tiny_grid else {}), **{k: v for k, v in (common or {}).items() if k in fields}, **(method_args or {})}
 
 
 def generate(pipe, prompts: Sequence[str], seed: int, *, frames: int, height: int, width: int, steps: int,
-             guidance: float = 1.0, max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH):
-    """Frames (B, F, H, W, 3) in [0, 1] for ``prompts`` and the seconds spent denoising (VAE decode excluded)."""
+             guidance: float = 1.0, max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH, on_step: Callable[[], None] | None = None,
+             decode: bool = True):
+    """Frames (B, F, H, W, 3) in [0, 1] for ``prompts`` and the seconds spent denoising (VAE decode excluded).
+
+    ``on_step`` is called after every denoising step and after the decode (progress bars); ``decode=False`` skips
+    the VAE (warm-up runs) and returns None for the frames."""
+    extra = {}
+    if on_step is not None:
+        def callback(_pipe, _step, _t, kwargs):
+            on_step()
+            return kwargs
+
+        extra["callback_on_step_end"] = callback
     start = time.perf_counter()
     latents = pipe(
         list(prompts), num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-        output_type="latent", generator=torch.Generator().manual_seed(seed), max_sequence_length=max_sequence_length,
+        output_type="latent", generator=torch.Generator().manual_seed(seed), max_sequence_length=max_sequence_length, **extra,
     ).frames
     seconds = time.perf_counter() - start
+    if not decode:
+        return None, seconds
     with torch.no_grad():
-        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
-        video = pipe.vae.decode(latents.to(pipe.vae.dtype) * std + mean, return_dict=False)[0]
-    return np.stack(pipe.video_processor.postprocess_video(video, output_type="np")), seconds
+        video = pipe.vae.decode(denormalise_latents(latents.to(pipe.vae.dtype), *latent_stats(pipe.vae)), return_dict=False)[0]
+    frames = np.stack(pipe.video_processor.postprocess_video(video, output_type="np"))
+    if on_step is not None:
+        on_step()
+    return frames, seconds
 
 
 @dataclass
@@ -88,6 +97,17 @@ class MethodResult:
     accuracy: float
     color_accuracy: float
     direction_accuracy: float
+    frames: int = 0
+    failed_frames: int = 0
+    empty_frames: int = 0
+
+    @property
+    def failure(self) -> str | None:
+        """Why the method failed the quality floor (its output lost the content), or None."""
+        if self.frames and self.color_accuracy < QUALITY_FLOOR:
+            return (f"only {self.frames - self.failed_frames}/{self.frames} frames show a shape of the prompt's colour "
+                    f"({self.empty_frames} show no shape at all); floor {QUALITY_FLOOR:.0%}: PSNR/SSIM say nothing about quality here")
+        return None
 
 
 @dataclass
@@ -98,6 +118,11 @@ class EvalReport:
     settings: dict
     files: list[str] = field(default_factory=list)
 
+    @property
+    def failures(self) -> dict[str, str]:
+        """Method -> why it failed the quality floor."""
+        return {r.method: r.failure for r in self.results if r.failure}
+
     def to_markdown(self) -> str:
         s = self.settings
         lines = [
@@ -105,20 +130,32 @@ class EvalReport:
             "",
             f"{len(s['prompts'])} prompts x seeds {s['seeds']}, {s['frames']} frames {s['height']}x{s['width']}, {s['steps']} steps, "
             f"guidance {s['guidance']}; machine: {s['machine']}; {s['date']}.",
-            "PSNR/SSIM: decoded frames against dense attention's on the same prompt and seed. Prompt accuracy: colour and "
-            "motion direction read off the frames (centroid tracking) both match the prompt. Time: denoising only.",
+            "PSNR/SSIM: decoded frames against dense attention's on the same prompt and seed. Prompt accuracy: per video, the "
+            "share of frames showing a shape of the prompt's colour if the shape moves the prompt's way (centroid tracking), "
+            "else 0; colour: share of all frames with a shape of the prompt's colour (a frame with no shape fails); "
+            f"direction: share of videos. A method with colour under {QUALITY_FLOOR:.0%} FAILED (its output lost the content). "
+            "Time: denoising only.",
             "",
-            "| method | config | denoise (s) | speed-up | PSNR (dB) | SSIM | prompt acc. | colour | direction |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | config | denoise (s) | speed-up | PSNR (dB) | SSIM | prompt acc. | colour (frames) | direction | verdict |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.results:
             config = ", ".join(f"{k}={v}" for k, v in r.config.items()) or "—"
             lines.append(
                 f"| {r.method} | {config} | {r.seconds:.2f} | {r.speedup:.2f}x | {r.psnr:.2f} | {r.ssim:.4f} | "
-                f"{r.accuracy:.2f} | {r.color_accuracy:.2f} | {r.direction_accuracy:.2f} |"
+                f"{r.accuracy:.2f} | {r.color_accuracy:.2f} | {r.direction_accuracy:.2f} | {'**FAILED**' if r.failure else 'ok'} |"
             )
+        for method, why in self.failures.items():
+            lines += ["", f"**{method} FAILED**: {why}."]
         lines += ["", "![metrics](metrics.png)", ""] + [f"![{r.method}](strip_{r.method}.png)" for r in self.results]
         return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary name renamed into place (a reader never sees half a report)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _strip(videos: list[np.ndarray], count: int = 6, scale: int = 2) -> np.ndarray:
@@ -166,11 +203,13 @@ def evaluate(
     common_args: dict | None = None,
     out: str | Path | None = "outputs/eval",
     plot: bool = True,
+    progress: bool = False,
 ) -> EvalReport:
     """Evaluate ``methods`` (default: every registered method) against dense on ``pipe`` (default: the trained model).
 
-    ``method_args`` maps a method name to its config fields; ``common_args`` (default :data:`TINY_GRID_ARGS`) are
-    given to every method whose config has them. With ``out`` set, writes the report, plot and frame strips there.
+    ``method_args`` maps a method name to its config fields; ``common_args`` are given to every method whose config
+    has them, over the method's registry ``tiny_grid`` settings. With ``out`` set, writes the report, plot and frame strips there.
+    ``progress`` shows a bar of denoising steps and decodes on stderr, with the time left.
     """
     from .pipelines.default_model import load_default_pipeline
 
@@ -187,21 +226,27 @@ def evaluate(
     unknown = set(method_args or {}) - set(METHODS)
     if unknown:
         raise ValueError(f"method_args keys must be method names in {sorted(METHODS)}, got {sorted(unknown)}")
-    common = TINY_GRID_ARGS if common_args is None else common_args
     pipe = load_default_pipeline() if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     shape = dict(frames=frames, height=height, width=width)
 
     outputs: dict[str, list[np.ndarray]] = {}
     results: list[MethodResult] = []
+    from tqdm import tqdm
+
+    # units: denoising steps and VAE decodes (one per seed), warm-up step included
+    bar = tqdm(total=len(methods) * (1 + (steps + 1) * len(seeds)), desc="eval", unit="step", disable=not progress, mininterval=1.0)
+    step = lambda: bar.update(1)  # noqa: E731
     try:
         for method in methods:
-            config = method_config(method, (method_args or {}).get(method), common)
+            bar.set_description(f"eval {method}")
+            config = method_config(method, (method_args or {}).get(method), common_args)
             apply_method(pipe.transformer, method, **config)
-            generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, **shape)  # warm-up at the timed shapes: FlexAttention compiles
+            # warm-up at the timed shapes: FlexAttention compiles
+            generate(pipe, prompts, seeds[0], steps=1, guidance=guidance, on_step=step, decode=False, **shape)
             videos, seconds = [], 0.0
             for seed in seeds:
-                v, t = generate(pipe, prompts, seed, steps=steps, guidance=guidance, **shape)
+                v, t = generate(pipe, prompts, seed, steps=steps, guidance=guidance, on_step=step, **shape)
                 videos.append(v)
                 seconds += t
             outputs[method] = videos
@@ -211,9 +256,10 @@ def evaluate(
             results.append(MethodResult(
                 method, config, seconds / len(seeds), results[0].seconds / (seconds / len(seeds)) if results else 1.0,
                 float(np.mean([psnr(a, b) for a, b in zip(flat, ref)])), float(np.mean([ssim(a, b) for a, b in zip(flat, ref)])),
-                acc.accuracy, acc.color, acc.direction,
+                acc.accuracy, acc.color, acc.direction, acc.frames, acc.failed_frames, acc.empty_frames,
             ))
     finally:
+        bar.close()
         apply_method(pipe.transformer, "dense")
     settings = dict(prompts=list(prompts), seeds=list(seeds), steps=steps, guidance=guidance, **shape,
                     machine=f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, {torch.get_num_threads()} threads".replace("  ", " "),
@@ -231,7 +277,8 @@ def evaluate(
         if plot:
             _plot(results, out / "metrics.png")
             report.files.append(str(out / "metrics.png"))
-        (out / "report.md").write_text(report.to_markdown())
-        (out / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1, default=str))
+        _write_text(out / "report.md", report.to_markdown())
+        rows = [{**dataclasses.asdict(r), "failure": r.failure} for r in results]
+        _write_text(out / "results.json", json.dumps(rows, indent=1, default=str))
         report.files += [str(out / "report.md"), str(out / "results.json")]
     return report

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..layout import parse_dims
 from ..metrics.fidelity import psnr
 from ..processors.registry import apply_method
-from .params import parse_params
+from .distributed import check_parallel_run, enable_context_parallel, init_process_group, parse_context_parallel
+from .checks import (
+    UsageError, check_model_folder, check_output_file, check_output_folder, check_sizes, check_steps_guidance, check_wan_video,
+    int_at_least, number_in, warn, warn_long_prompt,
+)
+from .params import method_settings, parse_params
 from .video import generate_timed, load_pipeline, write_mp4
 
 PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
+# `vidattn eval` on the default model: seconds per (prompt x denoising step), warm-ups and decodes included, on a quiet
+# 2-core CPU (the default run, 800 prompt-steps: 3 min 45 s at load ~4, 11.5 min at load ~8, 2026-12-01).
+EVAL_SECONDS_PER_PROMPT_STEP = 0.3
+# `demo --bench-grid`: dense attention of 2 heads on the CPU; Wan 480p (21x30x52) is 32,760 tokens.
+DEMO_BENCH_MAX_TOKENS = 80_000
+
 
 
 def _generator(args) -> torch.Generator:
@@ -27,44 +40,172 @@ def _text_tokens(args) -> int:
 
 
 def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: bool = True) -> dict:
-    """``--param`` settings for ``method``. Radial defaults to the paper's decay 0.2 and, with ``warm_up``, its dense
-    warm-up (12 of 50 steps, here a quarter of ``--steps``). On the embedded model (``tiny_grid``) they go over
-    settings that suit its 5 x 8 x 8 latent grid."""
-    from ..evaluation import TINY_GRID_ARGS, method_config
+    """``--param`` settings over the method's registry defaults for generation (radial: the paper's decay 0.2 and,
+    with ``warm_up``, a quarter of ``--steps`` dense). On the embedded model (``tiny_grid``) they go over settings that
+    suit its 5 x 8 x 8 latent grid."""
+    from ..evaluation import method_config
+    from ..processors.registry import get_method
 
-    defaults = {}
-    if method == "radial":
-        defaults = {"decay": 0.2, "dense_steps": args.steps // 4} if warm_up else {"decay": 0.2}
+    entry = get_method(method)
+    params = method_settings(method, args.param)  # registry defaults for generation, then --param
+    if warm_up and entry.warm_up:
+        params.setdefault("dense_steps", int(args.steps * entry.warm_up))
     tiny_grid = not args.model if tiny_grid is None else tiny_grid
-    return method_config(method, {**defaults, **parse_params(args.param)}, TINY_GRID_ARGS if tiny_grid else {})
+    return method_config(method, params, tiny_grid=tiny_grid)
 
 
-def _text2video(args) -> str:
+def check_method(method: str, args) -> dict:
+    """The method's settings, built once as its config (which validates the values) before any model is loaded;
+    warns when the dense warm-up covers every step."""
+    from ..processors.registry import METHODS
+
+    params = method_params(method, args)
+    config = METHODS[method].config
+    if config is not None:
+        try:
+            config(**params)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--param: {error}") from None
+    dense = params.get("dense_steps", 0)
+    if isinstance(dense, int) and dense >= args.steps:
+        warn(f"--param dense_steps={dense} >= --steps {args.steps}: every step runs dense attention and {method} is "
+             f"never used; give dense_steps < {args.steps}")
+    return params
+
+
+def _pipeline_params(cls, args, skip: tuple[str, ...] = ()) -> dict:
+    """``--param`` for a pipeline's config ``cls`` (a dataclass, or a class whose __init__ takes keyword settings)."""
+    import dataclasses
+    import inspect
+
+    from ..params import check_field_types
+
+    params = parse_params(args.param)
+    if dataclasses.is_dataclass(cls):
+        known = {f.name for f in dataclasses.fields(cls)}
+    else:
+        known = {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "pipe", *skip)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UsageError(f"--param: unknown {cls.__name__} parameter(s) {unknown} for --pipeline {args.pipeline}; allowed: {sorted(known)}")
+    check_field_types(cls, params, what=cls.__name__)
+    return params
+
+
+def _check_common(args) -> None:
+    int_at_least(args.seed, 0, "--seed")
+    if not isinstance(args.prompt, str) or not args.prompt.strip():
+        raise UsageError("--prompt must be a non-empty text")
+    if args.model:
+        check_model_folder(args.model, getattr(args, "pipeline", "text2video"))
+
+
+def _check_prompt_embedded(args) -> None:
+    """The embedded model's tokenizer is built in code: check the prompt before loading anything."""
+    if not args.model and getattr(args, "pipeline", "text2video") != "broadway":
+        from ..pipelines.default_model import build_tokenizer
+
+        warn_long_prompt(build_tokenizer(), args.prompt, _text_tokens(args))
+
+
+def check_generate(args) -> dict:
+    """Every `vidattn generate` argument, before any model is loaded; returns the pipeline/method settings."""
+    _check_common(args)
+    check_output_file(args.out)
+    if args.pipeline == "broadway":
+        from ..pipelines.broadway_guidance import BroadWayConfig
+
+        int_at_least(args.frames, 1, "--frames", " (AnimateDiff's motion modules were trained on 16)")
+        check_sizes(args.height, args.width, 8, "the UNet's VAE downsamples 8x")
+        check_steps_guidance(args.steps, args.guidance)
+        params = _pipeline_params(BroadWayConfig, args)
+        try:
+            BroadWayConfig.animatediff(**params).check_frames(args.frames)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--param: {error}") from None
+        if not args.model:
+            warn("--pipeline broadway without --model runs a tiny AnimateDiff with random weights: the video is noise "
+                 "(a smoke test); give --model PATH of an AnimateDiff or ModelScope folder")
+        return params
+    if args.pipeline == "streaming":
+        from ..processors.streaming import StreamingConfig
+
+        int_at_least(args.chunks, 1, "--chunks")
+        int_at_least(args.frames_per_chunk, 1, "--frames-per-chunk", " (latent frames; 1 latent frame = 4 video frames)")
+        check_sizes(args.height, args.width, 16, "Wan's VAE downsamples 8x and its transformer patches 2x2")
+        check_steps_guidance(1, args.guidance)
+        params = _pipeline_params(StreamingConfig, args)
+        try:
+            StreamingConfig(**params)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--param: {error}") from None
+    elif args.pipeline == "freeswim":
+        from ..pipelines.freeswim import FreeSwimPipeline
+
+        check_wan_video(args.frames, args.height, args.width)
+        check_steps_guidance(args.steps, args.guidance)
+        base = parse_dims(args.base_size, "HEIGHTxWIDTH", "480x832", "--base-size")
+        check_sizes(base[0], base[1], 16, "Wan's VAE downsamples 8x and its transformer patches 2x2", ("--base-size height", "--base-size width"))
+        if base[0] > args.height or base[1] > args.width:
+            raise UsageError(f"--base-size {args.base_size} must not exceed --height x --width {args.height}x{args.width} (FreeSwim upsamples)")
+        number_in(args.strength, 0.0, 1.0, "--strength", " (stage-2 denoising strength)", low_open=True)
+        int_at_least(args.cache_steps, 1, "--cache-steps")
+        params = _pipeline_params(FreeSwimPipeline, args, skip=("base_size",))
+    else:
+        check_wan_video(args.frames, args.height, args.width)
+        check_steps_guidance(args.steps, args.guidance)
+        params = check_method(args.method, args)
+    _check_prompt_embedded(args)
+    return params
+
+
+def _load(args):
+    """The Wan pipeline of ``--model`` (or the embedded one); with ``--model``, the prompt is checked with its tokenizer."""
     pipe = load_pipeline(args.model)
-    apply_method(pipe.transformer, args.method, **method_params(args.method, args))
-    frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))
-    write_mp4(frames, args.out)
-    return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}"
+    if args.model:
+        warn_long_prompt(pipe.tokenizer, args.prompt, _text_tokens(args))
+    return pipe
 
 
-def _broadway(args) -> str:
+def _text2video(args, params: dict) -> str | None:
+    degree = parse_context_parallel(getattr(args, "context_parallel", None))
+    started = init_process_group(degree) if degree > 1 else False
+    try:
+        pipe = _load(args)
+        apply_method(pipe.transformer, args.method, **params)
+        if degree > 1:  # Ulysses over `degree` ranks; rank 0 writes the video
+            check_parallel_run(pipe, degree, args.frames, args.height, args.width)
+            enable_context_parallel(pipe, degree)
+        frames, seconds = generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))
+        if degree > 1 and dist.get_rank() != 0:
+            return None  # rank 0 writes the video
+        write_mp4(frames, args.out)
+        parallel = f", ulysses={degree}" if degree > 1 else ""
+        return f"{frames.shape[0]} frames, denoising {seconds:.2f} s, method={args.method}{parallel}"
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _broadway(args, params: dict) -> str:
     from ..pipelines.broadway import load_broadway_pipeline, run_broadway_generation
-    from ..processors.broadway import BroadWayConfig
+    from ..pipelines.broadway_guidance import BroadWayConfig
 
     pipe = load_broadway_pipeline(args.model)
+    warn_long_prompt(pipe.tokenizer, args.prompt, pipe.tokenizer.model_max_length)
     run = run_broadway_generation(
-        pipe, args.prompt, BroadWayConfig.animatediff(**parse_params(args.param)), num_frames=args.frames, height=args.height,
+        pipe, args.prompt, BroadWayConfig.animatediff(**params), num_frames=args.frames, height=args.height,
         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=_generator(args),
     )
     write_mp4(run.frames[0], args.out)
     return f"{len(run.frames[0])} frames, BroadWay, motion energy {run.motion[0]:.5f}"
 
 
-def _freeswim(args) -> str:
+def _freeswim(args, params: dict) -> str:
     from ..pipelines.freeswim import FreeSwimPipeline
 
     base = parse_dims(args.base_size, "HEIGHTxWIDTH", "480x832", "--base-size")
-    freeswim = FreeSwimPipeline.from_pipe(load_pipeline(args.model), base_size=base, **parse_params(args.param))
+    freeswim = FreeSwimPipeline.from_pipe(_load(args), base_size=base, **params)
     frames = freeswim(
         args.prompt, height=args.height, width=args.width, num_frames=args.frames, strength=args.strength,
         cache_steps=args.cache_steps, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=_generator(args),
@@ -74,13 +215,13 @@ def _freeswim(args) -> str:
     return f"{len(frames)} frames, FreeSwim {base[0]}x{base[1]} -> {args.height}x{args.width}, full passes {freeswim.last_stats}"
 
 
-def _streaming(args) -> str:
+def _streaming(args, params: dict) -> str:
     from ..pipelines.streaming import StreamingWanPipeline, stream_to_mp4
-    from ..processors.hybrid import HybridConfig
+    from ..processors.streaming import StreamingConfig
 
-    pipe = StreamingWanPipeline.from_pipe(load_pipeline(args.model))
+    pipe = StreamingWanPipeline.from_pipe(_load(args))
     written = stream_to_mp4(
-        pipe, args.prompt, args.out, args.chunks, attention=HybridConfig(**parse_params(args.param)),
+        pipe, args.prompt, args.out, args.chunks, attention=StreamingConfig(**params),
         frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
         max_sequence_length=_text_tokens(args),
     )
@@ -88,32 +229,89 @@ def _streaming(args) -> str:
 
 
 def cmd_generate(args) -> None:
+    if getattr(args, "context_parallel", None) is not None and args.pipeline != "text2video":
+        raise UsageError(f"--context-parallel supports --pipeline text2video only, got {args.pipeline!r} (see docs/distributed.md)")
+    params = check_generate(args)
     run = {"text2video": _text2video, "broadway": _broadway, "freeswim": _freeswim, "streaming": _streaming}[args.pipeline]
-    print(f"wrote {args.out}: {run(args)}")
+    message = run(args, params)
+    if message is not None:
+        print(f"wrote {args.out}: {message}")
+
+
+def check_eval(args) -> tuple[list[str] | None, list[int]]:
+    """Every `vidattn eval` argument, before the model is loaded; returns the methods and seeds."""
+    from ..processors.registry import METHODS
+
+    methods = None
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",")]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise UsageError(f"--methods must be names in {sorted(METHODS)} (comma-separated), got {', '.join(bad)}")
+    int_at_least(args.prompts, 1, "--prompts")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers >= 0 (e.g. 0,1,2), got {args.seeds!r}") from None
+    if min(seeds) < 0:
+        raise UsageError(f"--seeds must be integers >= 0, got {args.seeds!r}")
+    check_steps_guidance(args.steps, args.guidance)
+    check_output_folder(args.out)
+    return methods, seeds
 
 
 def cmd_eval(args) -> None:
-    from ..evaluation import evaluate
+    from ..evaluation import QUALITY_FLOOR, evaluate
+    from ..processors.registry import METHODS
 
-    report = evaluate(
-        methods=args.methods.split(",") if args.methods else None, num_prompts=args.prompts,
-        seeds=[int(seed) for seed in args.seeds.split(",")], steps=args.steps, guidance=args.guidance, out=args.out,
-    )
+    methods, seeds = check_eval(args)
+    count = len(set(methods or METHODS) | {"dense"})
+    warn_time = count * len(seeds) * args.prompts * args.steps
+    print(f"eval: {count} methods x {len(seeds)} seed(s) x {args.prompts} prompts, {args.steps} steps each "
+          f"({warn_time} prompt-steps; about {max(1, round(warn_time * EVAL_SECONDS_PER_PROMPT_STEP / 60))} min on a quiet 2-core CPU, "
+          f"less on a GPU, more on a busy machine); "
+          f"progress and time left below", file=sys.stderr)
+    report = evaluate(methods=methods, num_prompts=args.prompts, seeds=seeds, steps=args.steps, guidance=args.guidance,
+                      out=args.out, progress=True)
     print(report.to_markdown())
     print(f"report, plot and frame strips in {args.out}")
+    if report.failures:
+        for method, why in report.failures.items():
+            print(f"vidattn eval: FAILED {method}: {why}", file=sys.stderr)
+        raise SystemExit(f"vidattn eval: {len(report.failures)} method(s) below the quality floor ({QUALITY_FLOOR:.0%} of frames "
+                         f"showing a shape of the prompt's colour): {', '.join(report.failures)}")
+
+
+def check_demo(args) -> dict:
+    """Every `vidattn demo` argument, before the model is loaded; returns the method's settings."""
+    _check_common(args)
+    check_wan_video(args.frames, args.height, args.width)
+    check_steps_guidance(args.steps, args.guidance)
+    check_output_folder(args.out)
+    params = check_method(args.method, args)
+    if args.bench_grid:
+        from .bench import parse_grid
+
+        layout = parse_grid(args.bench_grid, "--bench-grid")
+        if layout.total_tokens > DEMO_BENCH_MAX_TOKENS:
+            raise UsageError(f"--bench-grid must have sizes >= 1 and at most {DEMO_BENCH_MAX_TOKENS:,} tokens "
+                             f"(dense attention on the CPU), got {args.bench_grid!r}; '' skips it")
+    _check_prompt_embedded(args)
+    return params
 
 
 def cmd_demo(args) -> None:
     import numpy as np
 
     from ..metrics.fidelity import ssim
-    from ..metrics.prompt_accuracy import recover
+    from ..metrics.prompt_accuracy import parse_caption, recover
 
+    params = check_demo(args)
     pipe = load_pipeline(args.model)
     out = Path(args.out)
     results = {}
-    for method, params in (("dense", {}), (args.method, method_params(args.method, args))):
-        apply_method(pipe.transformer, method, **params)
+    for method, settings in (("dense", {}), (args.method, params)):
+        apply_method(pipe.transformer, method, **settings)
         generate = lambda: generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args))  # noqa: E731
         generate()  # warm-up: FlexAttention compiles on first use
         frames, seconds = generate()
@@ -121,10 +319,11 @@ def cmd_demo(args) -> None:
         results[method] = (frames, seconds)
     (dense, dense_s), (sparse, sparse_s) = results["dense"], results[args.method]
     write_mp4(np.concatenate([dense, sparse], axis=2), out / "side_by_side.mp4")
+    wanted = parse_caption(args.prompt)
     print(f"prompt: {args.prompt!r}")
     for name, (frames, seconds) in results.items():
         seen = recover(frames)
-        print(f"{name:>8}: denoising {seconds:.2f} s -> {out / (name + '.mp4')}  (frames show: {seen.color} shape moving {seen.direction})")
+        print(f"{name:>8}: denoising {seconds:.2f} s -> {out / (name + '.mp4')}  (frames show: {seen.verdict(wanted['color'])})")
     print(f"speed-up {args.method} vs dense: {dense_s / sparse_s:.2f}x; side by side: {out / 'side_by_side.mp4'}")
     print(f"{args.method} vs dense: PSNR {psnr(sparse, dense):.2f} dB, SSIM {ssim(sparse, dense):.3f}")
     if args.bench_grid:
@@ -141,7 +340,7 @@ def _demo_attention_bench(args) -> None:
 
     layout = VideoLayout.parse(args.bench_grid)
     params = method_params(args.method, args, tiny_grid=False, warm_up=False)
-    warm_up = ("dense_steps", "dense_layers", "first_sparse_layer")  # no steps or layers when timing attention alone
+    warm_up = ("dense_steps", "dense_layers")  # no steps or layers when timing attention alone
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
     q, k, v = synthetic_qkv(layout, heads=2, head_dim=128)
     with torch.no_grad():

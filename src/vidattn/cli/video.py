@@ -12,7 +12,13 @@ def load_pipeline(model: str | None):
     if model:
         from diffusers import WanPipeline
 
-        pipe = WanPipeline.from_pretrained(model)
+        from .checks import UsageError
+
+        try:
+            pipe = WanPipeline.from_pretrained(model)
+        except Exception as error:  # diffusers' errors on a wrong folder are long and cryptic: one line, naming --model
+            text = " ".join(str(error).split())[:300]
+            raise UsageError(f"--model {model}: could not load a WanPipeline ({type(error).__name__}: {text})") from error
     else:
         from ..pipelines.default_model import load_default_pipeline
 

@@ -9,5 +9,6 @@
 """
 
 from .block_sparse import BACKENDS, block_sparse_attention, plan_token_mask, resolve_backend
+from .flex import FlexRecompileLimitError
 
-__all__ = ["BACKENDS", "block_sparse_attention", "plan_token_mask", "resolve_backend"]
+__all__ = ["BACKENDS", "FlexRecompileLimitError", "block_sparse_attention", "plan_token_mask", "resolve_backend"]

@@ -1,6 +1,6 @@
 """Block-sparse attention for a BlockPlan with four interchangeable backends.
 
-* ``flex``   FlexAttention with a ``BlockMask`` built by ``from_kv_blocks`` (never an N x N evaluation).
+* ``flex``   FlexAttention with a ``BlockMask`` built by ``from_kv_blocks`` (never an N x N evaluation; see flex.py).
 * ``gather`` differentiable pure PyTorch: gathers each query tile's key tiles; runs and trains anywhere.
 * ``segments`` CPU, plans without a token mask: fused SDPA on views of the plan's rectangles and diagonal strips,
   merged by log-sum-exp (kernels/segments.py); realises the sparsity forward and backward.
@@ -13,15 +13,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..patterns.plan import BlockPlan
+from .flex import flex_plan_attention, sorted_indices
 from .segments import segment_attention
 
 BACKENDS = ("auto", "flex", "gather", "segments", "dense")
-
-# torch.compile is lazy: nothing is compiled until the first call, and its cache is torch's own.
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
 
 
 def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None) -> str:
@@ -58,7 +55,7 @@ def block_sparse_attention(
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     backend = resolve_backend(backend, query, plan)
     if backend == "flex":
-        return _flex(query, key, value, plan, key_valid, scale)
+        return flex_plan_attention(query, key, value, plan, key_valid, scale)
     if backend == "segments":
         return segment_attention(query, key, value, plan, key_valid, scale)
     if backend == "gather":
@@ -69,12 +66,14 @@ def block_sparse_attention(
 
 
 def plan_token_mask(plan: BlockPlan, b, h, q_idx, kv_idx) -> torch.Tensor:
-    """The plan's token-level rule (tile kept, token mask, key in range) on broadcast index tensors."""
+    """The plan's token-level rule (tile kept, token mask, real key, key in range) on broadcast index tensors."""
     bs = plan.block_size
     tiles = plan.tiles
     tb = b if tiles.shape[0] > 1 else torch.zeros_like(b)
     th = h if tiles.shape[1] > 1 else torch.zeros_like(h)
     allowed = tiles[tb, th, q_idx // bs, kv_idx // bs] & (kv_idx < plan.seq_len)
+    if plan.real_keys is not None:
+        allowed = allowed & plan.real_keys[kv_idx.clamp(max=plan.seq_len - 1)]
     if plan.token_mask is not None:
         allowed = allowed & plan.token_mask(b, h, q_idx, kv_idx)
     return allowed
@@ -98,61 +97,6 @@ def _pad_tokens(x: torch.Tensor, padded: int) -> torch.Tensor:
     return x if extra == 0 else F.pad(x, (0, 0, 0, extra))
 
 
-def _sorted_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count, indices) of the True entries along the last axis, indices first and ascending."""
-    counts = selected.sum(-1, dtype=torch.int32)
-    order = torch.argsort(selected.to(torch.int8), dim=-1, descending=True, stable=True)
-    return counts, order.to(torch.int32)
-
-
-def _flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device) -> BlockMask:
-    memo_key = ("flex", str(device))
-    if key_valid is None and memo_key in plan.memo:
-        return plan.memo[memo_key]
-    plan_dev = plan.to(device)
-    bs, n, blocks = plan.block_size, plan.seq_len, plan.num_blocks
-    tiles = plan_dev.tiles
-    full = torch.zeros_like(tiles) if plan_dev.full is None else plan_dev.full & tiles
-    # A key tile holding padding or masked keys cannot be skipped by the mask_mod.
-    key_tile_clean = torch.ones(blocks, dtype=torch.bool, device=device)
-    if n % bs:
-        key_tile_clean[-1] = False
-    if key_valid is not None:
-        padded_valid = F.pad(key_valid.to(device), (0, blocks * bs - n), value=False)
-        key_tile_clean = key_tile_clean & padded_valid.view(key_valid.shape[0], blocks, bs).all(-1).all(0)
-    full = full & key_tile_clean
-    partial = tiles & ~full
-    kv_num, kv_idx = _sorted_indices(partial)
-    full_num, full_idx = _sorted_indices(full)
-
-    token_mask = plan_dev.token_mask
-    valid = None if key_valid is None else F.pad(key_valid.to(device), (0, blocks * bs - n), value=False)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        allowed = kv_idx < n
-        if valid is not None:
-            allowed = allowed & valid[b, kv_idx]
-        if token_mask is not None:
-            allowed = allowed & token_mask(b, h, q_idx, kv_idx)
-        return allowed
-
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(blocks * bs, blocks * bs)
-    )
-    if key_valid is None:
-        plan.memo[memo_key] = block_mask
-    return block_mask
-
-
-def _flex(query, key, value, plan: BlockPlan, key_valid, scale: float) -> torch.Tensor:
-    n = plan.seq_len
-    padded = plan.num_blocks * plan.block_size
-    block_mask = _flex_block_mask(plan, key_valid, query.device)
-    q, k, v = (_pad_tokens(x, padded) for x in (query, key, value))
-    out = _compiled_flex_attention(q, k, v, block_mask=block_mask, scale=scale)
-    return out[..., :n, :]
-
-
 def _gather(query, key, value, plan: BlockPlan, key_valid, scale: float, chunk: int) -> torch.Tensor:
     batch, heads, n, dim = query.shape
     bs, blocks = plan.block_size, plan.num_blocks
@@ -165,11 +109,14 @@ def _gather(query, key, value, plan: BlockPlan, key_valid, scale: float, chunk: 
 
     plan_dev = plan.to(device)
     tiles = plan_dev.tiles.expand(batch, heads, blocks, blocks)
-    counts, order = _sorted_indices(tiles)
+    counts, order = sorted_indices(tiles)
     width = max(int(counts.max().item()), 1)
     order = order[..., :width].long()
     slot_used = torch.arange(width, device=device) < counts.unsqueeze(-1)  # (B, H, Qb, W)
     base = (torch.arange(batch, device=device).view(-1, 1, 1, 1) * heads + torch.arange(heads, device=device).view(1, -1, 1, 1)) * blocks
+    if plan_dev.real_keys is not None:
+        real = plan_dev.real_keys.view(1, n).expand(batch, n)
+        key_valid = real if key_valid is None else key_valid.to(device) & real
     valid = None if key_valid is None else F.pad(key_valid.to(device), (0, padded - n), value=False)
     b_idx = torch.arange(batch, device=device).view(-1, 1, 1, 1, 1)
     h_idx = torch.arange(heads, device=device).view(1, -1, 1, 1, 1)

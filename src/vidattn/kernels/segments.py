@@ -78,6 +78,9 @@ def _jobs(plan: BlockPlan, key_valid: torch.Tensor | None, batch: int, heads: in
     valid = None if key_valid is None else key_valid.to("cpu", torch.bool)
     if valid is not None and (valid.ndim != 2 or valid.shape[-1] != n or valid.shape[0] not in (1, batch)):
         raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(valid.shape)}")
+    if plan.real_keys is not None:  # padding inside the sequence is never attended
+        real = plan.real_keys.to("cpu").view(1, n)
+        valid = real if valid is None else valid & real
     if valid is not None and bool(valid.all()):
         valid = None
     tb, th = tiles.shape[0], tiles.shape[1]

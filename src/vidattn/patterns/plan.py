@@ -20,6 +20,8 @@ class BlockPlan:
     ``full`` (same shape, optional) marks tiles where every token pair is allowed, so kernels may skip
     ``token_mask`` there. ``token_mask`` refines the remaining tiles at token level. Keys past ``seq_len``
     (padding to the block size) are always masked by the kernels, never zero-filled into the softmax.
+    ``real_keys`` (optional bool ``(seq_len,)``) marks padding inside the sequence (False: never attended, e.g.
+    a 3D tile's padding); kernels fold it into their key mask, and tiles holding such keys are never full.
     """
 
     tiles: torch.Tensor
@@ -27,6 +29,7 @@ class BlockPlan:
     seq_len: int
     full: torch.Tensor | None = None
     token_mask: TokenMask | None = None
+    real_keys: torch.Tensor | None = None
     memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +41,8 @@ class BlockPlan:
             )
         if self.full is not None and self.full.shape != self.tiles.shape:
             raise ValueError("BlockPlan.full must have the shape of BlockPlan.tiles")
+        if self.real_keys is not None and (self.real_keys.dtype != torch.bool or tuple(self.real_keys.shape) != (self.seq_len,)):
+            raise ValueError(f"BlockPlan.real_keys must be a bool tensor ({self.seq_len},); got {self.real_keys.dtype} {tuple(self.real_keys.shape)}")
 
     @property
     def num_blocks(self) -> int:
@@ -52,9 +57,24 @@ class BlockPlan:
     def sparsity(self) -> float:
         return 1.0 - self.tile_density
 
+    def flop_share(self, tokens: int | None = None) -> float:
+        """Share of dense attention FLOPs on ``tokens`` real tokens (default ``seq_len``) that the tiles cost.
+
+        Every computed tile costs ``block_size**2`` query-key pairs, padding included; dense attention costs
+        ``tokens**2``. This is the unit of every method's ``density`` (Monarch's too).
+        """
+        tokens = self.seq_len if tokens is None else tokens
+        return self.tile_density * (self.num_blocks * self.block_size) ** 2 / tokens**2
+
+    @property
+    def density(self) -> float:
+        """:meth:`flop_share` on the plan's own sequence: the method contract's ``density``."""
+        return self.flop_share()
+
     def to(self, device: torch.device) -> "BlockPlan":
         full = None if self.full is None else self.full.to(device)
-        return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask)
+        real = None if self.real_keys is None else self.real_keys.to(device)
+        return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask, real)
 
 
 def full_plan(seq_len: int, block_size: int, device: torch.device | str = "cpu") -> BlockPlan:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_bool, check_int, check_number, check_power_of_two
 from ..layout import VideoLayout
 from .plan import BlockPlan
 
@@ -34,12 +35,10 @@ class RadialPattern:
     decimation: int = 128
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.decay, (int, float)) and self.decay > 0):
-            raise ValueError(f"decay must be a number > 0, got {self.decay!r}")
-        if not (isinstance(self.block_size, int) and self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0):
-            raise ValueError(f"block_size must be a power of two (e.g. 64, 128), got {self.block_size!r}")
-        if not (isinstance(self.decimation, int) and self.decimation >= 1):
-            raise ValueError(f"decimation must be a positive int, got {self.decimation!r}")
+        check_number("decay", self.decay, 0, low_open=True)
+        check_power_of_two("block_size", self.block_size)
+        check_bool("sink", self.sink)
+        check_int("decimation", self.decimation, 1)
 
 
 def _bitlen(x: int) -> int:

@@ -231,6 +231,11 @@ class VMoBAPlan:
         """Share of (query tile, key tile) pairs computed: what the kernel pays."""
         return self.plan.tile_density
 
+    @property
+    def density(self) -> float:
+        """Share of dense attention FLOPs the kernel spends (selection excluded)."""
+        return self.plan.density
+
 
 def selection_rows(selection: torch.Tensor, partition: Partition) -> torch.Tensor:
     """(B, H, N, C + 1) allowed-block table in partition order: video rows = selection + text, text rows all True."""

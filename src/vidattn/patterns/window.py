@@ -7,8 +7,10 @@ truncated, so every query keeps exactly the window volume. Text tokens attend an
 
 The plan is built without any N x N evaluation: the tokens of each 128-token block are split into boxes (product
 sets of per-axis ranges), a box of queries touches a box of keys iff it does on every axis, and full tiles are
-those whose key boxes lie inside every query's window. Optionally the tokens are reordered into 3D tiles
-(sliding-tile attention): then every block is one box, fewer tiles are touched and more of them are full.
+those whose key boxes lie inside every query's window. Optionally the tokens are reordered into 3D tiles:
+then every block is one box, fewer tiles are touched and more of them are full. With ``tile_aligned`` the window
+itself is counted in whole 3D tiles (sliding tile attention, STA): every kept block is full, no token mask exists.
+A window at least as long as its axis covers the axis.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from ..layout import VideoLayout
 from .plan import BlockPlan
@@ -64,7 +67,9 @@ class WindowPattern:
     """A 3D window: ``extents`` per axis (see :func:`window_extents`), ``dilation`` per axis, ``inward`` shift.
 
     ``tile`` (frames, rows, cols) reorders the video tokens into 3D tiles of that shape for the kernel (the grid
-    is padded up to whole tiles with masked tokens); None keeps the frame-major order.
+    is padded up to whole tiles with masked tokens); None keeps the frame-major order. ``tile_aligned`` (STA):
+    ``extents`` count whole tiles, and a query sees every token of the tiles around its own tile; needs a
+    ``tile`` whose volume is a multiple of ``block_size``, and no dilation.
     """
 
     extents: tuple[Extent, Extent, Extent] = (None, (15, 15), (26, 26))
@@ -72,6 +77,7 @@ class WindowPattern:
     inward: bool = True
     block_size: int = 128
     tile: tuple[int, int, int] | None = None
+    tile_aligned: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.extents, tuple) or len(self.extents) != 3:
@@ -89,25 +95,34 @@ class WindowPattern:
             raise ValueError(f"block_size must be a positive int (e.g. 128), got {self.block_size!r}")
         if self.tile is not None:
             object.__setattr__(self, "tile", _normalize_triple("tile", self.tile, 1))
+        if not isinstance(self.tile_aligned, bool):
+            raise ValueError(f"tile_aligned must be True or False, got {self.tile_aligned!r}")
+        if self.tile_aligned:
+            if self.tile is None or math.prod(self.tile) % self.block_size:
+                raise ValueError(
+                    f"tile_aligned=True needs tile=(frames, rows, cols) with a volume that is a multiple of block_size "
+                    f"{self.block_size} (e.g. (1, 8, 16) or (6, 8, 8) for 128), got tile {self.tile!r}"
+                )
+            if self.dilation != (1, 1, 1):
+                raise ValueError(f"dilation must be 1 with tile_aligned=True, got {self.dilation!r}")
+
+    def fitted_extents(self, grid: tuple[int, int, int]) -> tuple[Extent, Extent, Extent]:
+        """Extents on ``grid`` (in tiles when ``tile_aligned``): an undilated inward window at least as long as its
+        axis covers the axis (None); a dilated one keeps its extent and then covers its residue class."""
+        if self.tile_aligned:
+            grid = tuple(-(-length // t) for length, t in zip(grid, self.tile))  # type: ignore[assignment]
+
+        def covers(ext, r, length):
+            if ext is None or r != 1:
+                return False
+            return ext[0] + ext[1] + 1 >= length if self.inward else min(ext) >= length - 1
+
+        return tuple(None if covers(*args) else args[0] for args in zip(self.extents, self.dilation, grid))  # type: ignore[return-value]
 
     def volume(self, grid: tuple[int, int, int]) -> int:
-        """Keys per video query with ``inward`` on: the product of the window lengths (whole axes count fully)."""
-        return math.prod(length if ext is None else ext[0] + ext[1] + 1 for ext, length in zip(self.extents, grid))
-
-    def check_grid(self, grid: tuple[int, int, int]) -> None:
-        """With ``inward`` the window must fit in the grid (in every dilation class); ValueError otherwise."""
-        if not self.inward:
-            return
-        for axis, ext, r, length in zip(AXES, self.extents, self.dilation, grid):
-            if ext is None:
-                continue
-            need = r * (ext[0] + ext[1] + 1) if r > 1 else ext[0] + ext[1] + 1
-            if length // r < ext[0] + ext[1] + 1:
-                raise ValueError(
-                    f"window along {axis} spans {ext[0] + ext[1] + 1} positions (dilation {r}, needs {need}) but the grid "
-                    f"has {length} {axis}; with inward=True the window must fit in the grid: use a smaller window, "
-                    "None/-1 for the whole axis, or inward=False"
-                )
+        """Keys per video query with ``inward`` on and no dilation: the product of the window lengths, each at most
+        its axis (token-level windows only)."""
+        return math.prod(length if ext is None else min(length, ext[0] + ext[1] + 1) for ext, length in zip(self.extents, grid))
 
 
 def axis_allows(q: torch.Tensor, k: torch.Tensor, length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor | None:
@@ -158,23 +173,35 @@ class WindowPlan:
         return self.plan.tile_density
 
     @property
+    def density(self) -> float:
+        """Share of dense attention FLOPs on the layout's real tokens (padding positions of the tiled order cost too)."""
+        return self.plan.flop_share(self.layout.total_tokens)
+
+    @property
     def full_share(self) -> float:
         """Share of computed tiles that need no token mask."""
         return (self.plan.full.sum() / self.plan.tiles.sum().clamp(min=1)).item()
 
     def token_density(self) -> float:
         """Share of (video query, video key) pairs allowed: the window volume over the grid (exact, per axis)."""
-        grid = self.layout.grid
-        counts = [axis_table(n, e, r, self.pattern.inward).sum().item() / n**2 for n, e, r in zip(grid, self.pattern.extents, self.pattern.dilation)]
-        return math.prod(counts)
+        grid, pattern = self.layout.grid, self.pattern
+        extents = pattern.fitted_extents(grid)
+        if not pattern.tile_aligned:
+            return math.prod(axis_table(n, e, r, pattern.inward).sum().item() / n**2 for n, e, r in zip(grid, extents, pattern.dilation))
+        share = 1.0
+        for length, t, ext in zip(grid, pattern.tile, extents):
+            count = (torch.arange(length) // t).bincount(minlength=-(-length // t)).float()  # real tokens per tile
+            share *= (count @ axis_table(count.numel(), ext, 1, pattern.inward).float() @ count).item() / length**2
+        return share
 
 
-def _kernel_order(layout: VideoLayout, tile: tuple[int, int, int] | None, block_size: int, device) -> tuple[torch.Tensor | None, int]:
-    """(order, video span): kernel position -> original joint index (pads -> total_tokens). None = natural order."""
+def _kernel_order(layout: VideoLayout, tile: tuple[int, int, int] | None, block_size: int, device, clamp: bool = True) -> tuple[torch.Tensor | None, int]:
+    """(order, video span): kernel position -> original joint index (pads -> total_tokens). None = natural order.
+    ``clamp`` shrinks a tile longer than its axis to the axis (STA keeps the tile and pads)."""
     if tile is None:
         return None, layout.video_tokens
     f, h, w = layout.grid
-    tf, th, tw = (min(t, n) for t, n in zip(tile, layout.grid))
+    tf, th, tw = (min(t, n) if clamp else t for t, n in zip(tile, layout.grid))
     pf, ph, pw = (-(-n // t) * t for n, t in zip((f, h, w), (tf, th, tw)))
     t = torch.arange(pf, device=device).view(-1, 1, 1)
     r = torch.arange(ph, device=device).view(1, -1, 1)
@@ -293,9 +320,42 @@ def _tiles_from_boxes(qb: dict, kb: dict, tables: list[torch.Tensor], dense_axis
     return touched, contained
 
 
+def _inverse(order: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
+    """Kernel position of each original token, for an ``order`` from :func:`_kernel_order`."""
+    real = order < layout.total_tokens
+    inverse = torch.empty(layout.total_tokens, dtype=torch.long, device=order.device)
+    inverse[order[real]] = torch.arange(order.numel(), device=order.device)[real]
+    return inverse
+
+
+def sta_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device | str = "cpu") -> WindowPlan:
+    """Sliding tile attention: tokens tile-major, each query tile keeps the window of tiles around it (slid inward
+    at the borders with ``inward``, so exactly kt*kh*kw tiles), every token of a kept tile is allowed. Blocks lie
+    inside one tile, so kept blocks are full except where a ragged edge tile holds padding keys."""
+    device = torch.device(device)
+    bs, tile = pattern.block_size, pattern.tile
+    order, span = _kernel_order(layout, tile, bs, device, clamp=False)
+    n = order.numel()
+    blocks = -(-n // bs)
+    counts = [-(-length // t) for length, t in zip(layout.grid, tile)]
+    a_t, a_h, a_w = (axis_table(c, e, 1, pattern.inward).to(device) for c, e in zip(counts, pattern.fitted_extents(layout.grid)))
+    tile_mask = (a_t.view(-1, 1, 1, a_t.shape[0], 1, 1) & a_h.view(1, -1, 1, 1, a_h.shape[0], 1) & a_w.view(1, 1, -1, 1, 1, a_w.shape[0]))
+    per_tile = math.prod(tile) // bs
+    video_blocks = span // bs
+    tile_mask = tile_mask.reshape(math.prod(counts), math.prod(counts)).repeat_interleave(per_tile, 0).repeat_interleave(per_tile, 1)
+    tiles = torch.ones(blocks, blocks, dtype=torch.bool, device=device)  # text rows and columns dense
+    tiles[:video_blocks, :video_blocks] = tile_mask
+    real = order < layout.total_tokens
+    pad_block = F.pad(~real, (0, blocks * bs - n)).view(blocks, bs).any(-1)
+    full = tiles & ~pad_block.view(1, -1)
+    plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), real_keys=real)
+    return WindowPlan(plan, layout, pattern, order, _inverse(order, layout))
+
+
 def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device | str = "cpu") -> WindowPlan:
     """Block plan of ``pattern`` on ``layout`` (text dense), in the natural or the 3D-tiled token order."""
-    pattern.check_grid(layout.grid)
+    if pattern.tile_aligned:
+        return sta_plan(layout, pattern, device)
     device = torch.device(device)
     bs = pattern.block_size
     order, span = _kernel_order(layout, pattern.tile, bs, device)
@@ -304,8 +364,9 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
     coords = _coordinate_fn(layout, pattern.tile, span)
     pos = torch.arange(n, device=device)
     video, text, t, h, w = coords(pos)
-    tables = [axis_table(length, ext, r, pattern.inward) for length, ext, r in zip(layout.grid, pattern.extents, pattern.dilation)]
-    dense_axis = [ext is None or r == 1 for ext, r in zip(pattern.extents, pattern.dilation)]
+    fitted = pattern.fitted_extents(layout.grid)
+    tables = [axis_table(length, ext, r, pattern.inward) for length, ext, r in zip(layout.grid, fitted, pattern.dilation)]
+    dense_axis = [ext is None or r == 1 for ext, r in zip(fitted, pattern.dilation)]
     boxes = _boxes(pos[video] // bs, t[video], h[video], w[video])
     touched, contained = _tiles_from_boxes(boxes, boxes, tables, dense_axis, blocks)
     # Blocks with text: text queries see everything, every query sees text keys.
@@ -315,7 +376,7 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
     # video-video pairs can break a full tile.
     pad_key_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[~video & ~text] // bs, True)
     full = tiles & ~pad_key_block.view(1, -1) & contained
-    grid, extents, dilation, inward = layout.grid, pattern.extents, pattern.dilation, pattern.inward
+    grid, extents, dilation, inward = layout.grid, fitted, pattern.dilation, pattern.inward
     if pattern.tile is not None:
         # In the tiled order five small lookups are cheaper inside FlexAttention on CPU than the divisions.
         tables_p = coords(torch.arange(blocks * bs, device=device))
@@ -334,9 +395,4 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
         return inside | k_text | (q_text & k_video)
 
     plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), token_mask=token_mask)
-    inverse = None
-    if order is not None:
-        real = order < layout.total_tokens
-        inverse = torch.empty(layout.total_tokens, dtype=torch.long, device=device)
-        inverse[order[real]] = pos[real]
-    return WindowPlan(plan, layout, pattern, order, inverse)
+    return WindowPlan(plan, layout, pattern, order, None if order is None else _inverse(order, layout))

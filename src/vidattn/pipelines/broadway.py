@@ -18,7 +18,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from ..metrics.motion import batch_frame_difference_energy
-from ..processors.broadway import BroadWayConfig, BroadWayController, apply_broadway, remove_broadway
+from .broadway_guidance import BroadWayConfig, BroadWayController, apply_broadway, remove_broadway
 
 WORDS = "a an the red green blue yellow white black circle square triangle moving left right up down on background".split()
 

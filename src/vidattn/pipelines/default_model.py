@@ -62,7 +62,7 @@ def load_default_pipeline(torch_dtype: torch.dtype = torch.float32) -> WanPipeli
     path = Path(default_model_path())
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"the trained default model is missing from {path}; reinstall vidattn or run "
-                                "python -m vidattn.training.pretrain --config configs/default_model.yaml")
+                                "python -m vidattn.pipelines.default_model_pretrain --config configs/default_model.yaml")
     # float32 is what the weights are stored in; newer diffusers warn on `torch_dtype`, older ones lack `dtype`.
     dtype = {} if torch_dtype == torch.float32 else {"torch_dtype": torch_dtype}
     pipe = WanPipeline.from_pretrained(str(path), local_files_only=True, **dtype)

@@ -3,7 +3,7 @@
 ``StreamingWanPipeline.stream`` denoises ``frames_per_chunk`` latent frames at a time with the few-step
 schedule, writes each finished chunk into the per-layer KV cache with a clean refresh pass, and yields decoded
 frames as soon as a chunk is done. Attention is the rolling sink + window cache (``"window"``, Self-Forcing),
-Hybrid Forcing's sparse window + linear state (``HybridConfig``) or the full causal cache (``"dense"``).
+Hybrid Forcing's sparse window + linear state (``StreamingConfig``) or the full causal cache (``"dense"``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import torch
 from diffusers import WanPipeline
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
 
-from ..processors.hybrid import HybridConfig, StreamState, apply_hybrid_attention, remove_hybrid_attention
+from ..checks import check_choice, check_int, check_number
+from ..latents import denormalise_latents, latent_stats
+from ..processors.streaming import StreamingConfig
 from ..schedulers.few_step import FewStepSchedule
+from .stream_state import StreamState, apply_streaming_attention, remove_streaming_attention
 
 
 class CausalStreamDecoder:
@@ -37,9 +40,7 @@ class CausalStreamDecoder:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, z, f, h, w) normalised latents -> (B, 3, T, H, W) video in [-1, 1] (T = 1 + 4(f-1) for the first chunk, else 4f)."""
         vae = self.vae
-        mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
-        x = vae.post_quant_conv((latents * std + mean).to(vae.dtype))  # kernel 1: no temporal context
+        x = vae.post_quant_conv(denormalise_latents(latents, *latent_stats(vae)).to(vae.dtype))  # kernel 1: no temporal context
         outs = []
         for i in range(x.shape[2]):
             outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=self.feat_cache, feat_idx=[0], first_chunk=self.first))
@@ -58,7 +59,7 @@ class StreamingWanPipeline(WanPipeline):
         self,
         prompt: str | list[str] | None,
         num_chunks: int,
-        attention: HybridConfig | str = "hybrid",
+        attention: StreamingConfig | str = "hybrid",
         frames_per_chunk: int = 3,
         height: int = 480,
         width: int = 832,
@@ -75,12 +76,10 @@ class StreamingWanPipeline(WanPipeline):
 
         ``state_out``, if given, receives the :class:`StreamState` (to inspect cache sizes while streaming).
         """
-        config = HybridConfig.from_attention(attention)
+        config = StreamingConfig.from_attention(attention)
         config.check_chunk(frames_per_chunk)
-        if not isinstance(num_chunks, int) or isinstance(num_chunks, bool) or num_chunks < 1:
-            raise ValueError(f"num_chunks must be an int >= 1, got {num_chunks!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be a number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
+        check_int("num_chunks", num_chunks, 1)
+        check_number("guidance_scale", guidance_scale, 1, note="1 = no classifier-free guidance")
         schedule = schedule or FewStepSchedule()
         p_t, p_h, p_w = self.transformer.config.patch_size
         multiple = self.vae_scale_factor_spatial * max(p_h, p_w)
@@ -101,7 +100,7 @@ class StreamingWanPipeline(WanPipeline):
         shape = (batch, self.transformer.config.in_channels, frames_per_chunk, height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
 
         had_proj = any(hasattr(m, "linear_proj") for m in self.transformer.modules())
-        state = apply_hybrid_attention(self.transformer, config)
+        state = apply_streaming_attention(self.transformer, config)
         state.new_prompt()
         if state_out is not None:
             state_out.append(state)
@@ -121,29 +120,28 @@ class StreamingWanPipeline(WanPipeline):
         try:
             for chunk in range(num_chunks):
                 first = chunk * (frames_per_chunk // p_t)
-                state.begin(first, commit=False)
-                x0 = schedule.denoise(model, noise)
-                state.begin(first, commit=True)
-                context, timestep = schedule.context_input(x0, noise)
-                model(context, timestep)
+                with state.context.call(frame=first, commit=False):
+                    x0 = schedule.denoise(model, noise)
+                with state.context.call(frame=first, commit=True):
+                    clean, timestep = schedule.context_input(x0, noise)
+                    model(clean, timestep)
                 yield x0
         finally:
-            remove_hybrid_attention(self.transformer, keep_linear_proj=had_proj)
+            remove_streaming_attention(self.transformer, keep_linear_proj=had_proj)
 
     @torch.no_grad()
     def stream(
         self,
         prompt: str | list[str] | None,
         num_chunks: int,
-        attention: HybridConfig | str = "hybrid",
+        attention: StreamingConfig | str = "hybrid",
         frames_per_chunk: int = 3,
         output_type: str = "np",
         **kwargs,
     ) -> Iterator[np.ndarray | torch.Tensor]:
         """Yield decoded frames chunk by chunk: (B, T, H, W, 3) in [0, 1] for ``"np"``, (B, 3, T, H, W) in [-1, 1]
         for ``"pt"``, clean latents for ``"latent"``. Other keyword arguments go to :meth:`stream_latents`."""
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        check_choice("output_type", output_type, ("np", "pt", "latent"))
         decoder = CausalStreamDecoder(self.vae)
         for latents in self.stream_latents(prompt, num_chunks, attention, frames_per_chunk, **kwargs):
             if output_type == "latent":

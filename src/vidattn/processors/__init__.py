@@ -1,53 +1,31 @@
-"""Diffusers attention processors: family adapters plus one processor class per method."""
+"""Diffusers attention processors: family adapters, the method contract and one processor class per method."""
 
-from .base import VideoAttnProcessor
-from .broadway import BroadWayConfig, apply_broadway, remove_broadway
-from .cross_override import CrossAttnOverride, FullAttnProcessor, install_cross_override, refresh_steps, remove_cross_override
-from .dense import DenseAttnProcessor
-from .hybrid import HybridAttnProcessor, HybridConfig, apply_hybrid_attention, remove_hybrid_attention
-from .install import install_processors, remove_processors, video_attention_layers
-from .monarch import MonarchAttnProcessor, MonarchConfig, apply_monarch_attention, remove_monarch_attention
-from .radial import RadialAttnProcessor, RadialConfig, apply_radial_attention, remove_radial_attention
-from .registry import METHODS, apply_method, make_processor
-from .vmoba import VMoBAAttnProcessor, VMoBAConfig, apply_vmoba_attention, remove_vmoba_attention, vmoba_partition_maps
-from .window import WindowAttnProcessor, WindowConfig, apply_window_attention, remove_window_attention
+from types import ModuleType as _ModuleType
 
-__all__ = [
-    "METHODS",
-    "BroadWayConfig",
-    "CrossAttnOverride",
-    "DenseAttnProcessor",
-    "FullAttnProcessor",
-    "HybridAttnProcessor",
-    "HybridConfig",
-    "MonarchAttnProcessor",
-    "MonarchConfig",
-    "RadialAttnProcessor",
-    "RadialConfig",
-    "VMoBAAttnProcessor",
-    "VMoBAConfig",
-    "VideoAttnProcessor",
-    "WindowAttnProcessor",
-    "WindowConfig",
-    "apply_broadway",
-    "apply_hybrid_attention",
-    "apply_method",
-    "apply_monarch_attention",
-    "apply_radial_attention",
-    "apply_vmoba_attention",
-    "apply_window_attention",
-    "install_cross_override",
-    "install_processors",
-    "make_processor",
-    "refresh_steps",
-    "remove_broadway",
-    "remove_cross_override",
-    "remove_hybrid_attention",
-    "remove_monarch_attention",
-    "remove_processors",
-    "remove_radial_attention",
-    "remove_vmoba_attention",
-    "remove_window_attention",
-    "video_attention_layers",
-    "vmoba_partition_maps",
-]
+from .base import MethodAttnProcessor, PlanCache, VideoAttnProcessor
+from .config import MethodConfig
+from .dense import DenseAttnProcessor, DenseConfig
+from .install import install_processors, remove_processors, transformers_of, video_attention_layers
+from .monarch import MonarchAttnProcessor, MonarchConfig
+from .radial import RadialAttnProcessor, RadialConfig
+from .registry import (
+    METHODS,
+    Method,
+    apply,
+    apply_method,
+    apply_monarch_attention,
+    apply_radial_attention,
+    apply_vmoba_attention,
+    apply_window_attention,
+    get_method,
+    install,
+    make_processor,
+    register_method,
+    unregister_method,
+)
+from .streaming import StreamingAttnProcessor, StreamingConfig
+from .vmoba import VMoBAAttnProcessor, VMoBAConfig, vmoba_partition_maps
+from .window import WindowAttnProcessor, WindowConfig
+
+# Everything imported above is public; submodules are not.
+__all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _ModuleType))

@@ -1,27 +1,60 @@
-"""The shared machinery of every vidattn attention processor: routing, dense warm-up, geometry, plan cache."""
+"""The shared machinery of every vidattn attention processor (routing, dense warm-up, geometry, plan cache) and the
+method contract: :class:`MethodAttnProcessor` with a :class:`~vidattn.processors.config.MethodConfig`."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, TypeVar
+from collections import OrderedDict
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
+from ..checks import check_choice, check_int
 from ..context import AttentionContext
 from ..layout import VideoLayout
-from .families import FAMILIES, detect_family, is_video_self_attention, layout_from_rope, project, stock_processor
+from .config import MethodConfig, config_with_overrides
+from .families import (
+    FAMILIES,
+    ROPE_POSITIONAL,
+    detect_family,
+    is_video_self_attention,
+    layout_from_rope,
+    project,
+    stock_processor,
+    unsupported_module_error,
+)
+from .parallel import dense_attend, refuse_sharded_rope, share_with_stock, ulysses_attend, ulysses_group
 
-ConfigT = TypeVar("ConfigT")
+
+# Families whose RoPE table starts at position 0 with sin = 0, so a table that does not is one rank's shard.
+SHARD_CHECKED_ROPE = ("wan", "skyreels", "hunyuan", "cogvideox")
 
 
-def config_with_overrides(config_cls: type[ConfigT], config: ConfigT | None, overrides: dict, owner: str) -> ConfigT:
-    """``config`` (or the defaults) with keyword ``overrides`` applied; unknown names are a ``ValueError``."""
-    config = config if config is not None else config_cls()
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown {owner} argument(s) {sorted(unknown)}; allowed: {sorted(fields)}")
-    return dataclasses.replace(config, **overrides) if overrides else config
+class MethodPlan(Protocol):
+    """What a method's ``plan()`` returns: anything with ``density``, the share of dense attention FLOPs it spends."""
+
+    @property
+    def density(self) -> float: ...
+
+
+class PlanCache:
+    """Bounded LRU of plans shared by the processors of one transformer; keys hold everything a plan depends on."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        check_int("max_entries", max_entries, 1)
+        self.max_entries = max_entries
+        self._plans: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        plan = self._plans[key] = build()
+        if len(self._plans) > self.max_entries:
+            self._plans.popitem(last=False)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
 
 class VideoAttnProcessor:
@@ -29,7 +62,11 @@ class VideoAttnProcessor:
 
     Cross-attention, non-video attention and dense warm-up calls run the family's stock processor, so they
     are exact. Subclasses implement ``attend(query, key, value, layout, key_valid, family) -> out`` on (B, H, N, D).
+    Under diffusers' Ulysses context parallelism ``attend`` sees the whole sequence with H/N heads (processors/parallel.py).
     """
+
+    _attention_backend = None  # diffusers' enable_parallelism / set_attention_backend look for these two attributes
+    _parallel_config = None
 
     def __init__(
         self,
@@ -40,14 +77,12 @@ class VideoAttnProcessor:
         context: AttentionContext | None = None,
         dense_steps: int = 0,
         dense_layers: int = 0,
-        plan_cache: dict | None = None,
+        plan_cache: PlanCache | None = None,
     ) -> None:
-        if family is not None and family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES} (or None to detect it), got {family!r}")
-        if not isinstance(dense_steps, int) or dense_steps < 0:
-            raise ValueError(f"dense_steps must be an int >= 0, got {dense_steps!r}")
-        if not isinstance(dense_layers, int) or dense_layers < 0:
-            raise ValueError(f"dense_layers must be an int >= 0, got {dense_layers!r}")
+        if family is not None:
+            check_choice("family", family, FAMILIES, note="or None to detect it")
+        check_int("dense_steps", dense_steps, 0)
+        check_int("dense_layers", dense_layers, 0)
         if dense_steps and context is None:
             raise ValueError("dense_steps needs the denoising step: use apply_*(transformer, config), which installs the step hook")
         if dense_layers and layer_idx is None:
@@ -60,7 +95,7 @@ class VideoAttnProcessor:
         self.context = context
         self.dense_steps = dense_steps
         self.dense_layers = dense_layers
-        self.plan_cache = {} if plan_cache is None else plan_cache
+        self.plan_cache = PlanCache() if plan_cache is None else plan_cache
         self._stock: dict[str | None, Any] = {}
 
     # -- routing -------------------------------------------------------------------------------------
@@ -74,24 +109,29 @@ class VideoAttnProcessor:
         image_rotary_emb: Any = None,
         **kwargs,
     ):
-        family = self.family or detect_family(attn)
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
-        if family is None or not is_video_self_attention(family, attn, encoder_hidden_states) or self.is_dense_now():
+        family = self.family or detect_family(attn, encoder_hidden_states, attention_mask, rope)
+        group = ulysses_group(self._parallel_config)  # None unless context-parallel; refuses ring / *_anything
+        video = family is not None and is_video_self_attention(family, attn, encoder_hidden_states)
+        if not video or (self.is_dense_now() and group is None):
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
+        if group is not None:  # Ulysses: the kernel (or exact dense warm-up) on the whole sequence with H/N heads
+            return call.finish(ulysses_attend(self, call, family, group, dense_attend if self.is_dense_now() else self.attend))
         layout = self.resolve_layout(family, rope, call.query.shape[-2] - call.text).with_text(call.text, call.text_position)
         out = self.attend(call.query, call.key, call.value, layout, call.key_valid, family)
         return call.finish(out)
 
     def _run_stock(self, family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
+        if family is None:
+            raise unsupported_module_error(attn)
         if family not in self._stock:
             self._stock[family] = stock_processor(family)
         stock = self._stock[family]
-        if family == "wan":
+        share_with_stock(self, stock)
+        if family in ROPE_POSITIONAL:
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, rope)
-        if family is not None:
-            return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
-        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope)
 
     def is_dense_now(self) -> bool:
         """Dense warm-up: the first ``dense_steps`` denoising steps and the first ``dense_layers`` layers."""
@@ -100,12 +140,24 @@ class VideoAttnProcessor:
         return self.context is not None and self.context.step < self.dense_steps
 
     def resolve_layout(self, family: str, rope: Any, video_tokens: int) -> VideoLayout:
-        """The video grid: explicit ``layout=``, else the transformer hook's, else read off the RoPE table."""
+        """The video grid: explicit ``layout=``, else the transformer hook's, else read off the RoPE table.
+
+        An explicit ``layout=`` that disagrees with the grid the hook recorded is an error, not a silently wrong mask.
+        """
         layout = self.layout
-        if layout is None and self.context is not None:
-            layout = self.context.layout
+        observed = self.context.layout if self.context is not None else None
+        if layout is not None and observed is not None and layout.grid != observed.grid:
+            raise ValueError(f"layout={layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
+        if layout is not None and observed is None and getattr(self, "_parallel_config", None) is None:
+            from_rope = layout_from_rope(rope, family)  # (under context parallelism the RoPE table is a shard's: not comparable)
+            if from_rope is not None and from_rope.grid != layout.grid:
+                raise ValueError(f"layout={layout} disagrees with the grid {from_rope} read off the model's RoPE table")
         if layout is None:
-            layout = layout_from_rope(rope)
+            layout = observed
+        if layout is None:
+            if family in SHARD_CHECKED_ROPE:
+                refuse_sharded_rope(rope)
+            layout = layout_from_rope(rope, family)
         if layout is None:
             raise ValueError(
                 f"cannot infer the video grid of this {family} attention call ({video_tokens} video tokens): pass "
@@ -117,13 +169,7 @@ class VideoAttnProcessor:
 
     def cached_plan(self, key: tuple, build):
         """Plans are cached per instance (or per shared ``plan_cache``), keyed by everything they depend on."""
-        if key not in self.plan_cache:
-            self.plan_cache[key] = build()
-        return self.plan_cache[key]
-
-    def density(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> float | None:
-        """Share of dense attention work this processor spends on these inputs: tiles computed, or FLOPs (None: unknown)."""
-        return None
+        return self.plan_cache.get(key, build)
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: VideoLayout, key_valid: torch.Tensor | None, family: str
@@ -131,25 +177,28 @@ class VideoAttnProcessor:
         raise NotImplementedError
 
 
-class ConfiguredAttnProcessor(VideoAttnProcessor):
-    """A processor whose settings are one frozen config dataclass (``config_class``, a class constant).
+class MethodAttnProcessor(VideoAttnProcessor):
+    """The method contract's processor half. Settings are one :class:`MethodConfig` (``config_class``); keyword
+    overrides are config fields: ``RadialAttnProcessor(decay=0.2)`` == ``RadialAttnProcessor(RadialConfig(decay=0.2))``.
 
-    The config carries ``family``, ``dense_steps`` and ``dense_layers`` (see :meth:`dense_layers_of`);
-    keyword overrides are config fields: ``RadialAttnProcessor(decay=0.2)`` == ``RadialAttnProcessor(RadialConfig(decay=0.2))``.
+    A method implements ``plan(query, key, layout, family)`` (a plan with ``density``: the share of dense attention
+    FLOPs it spends) and ``attend(query, key, value, layout, key_valid, family)`` on (B, H, N, D) tensors.
     """
 
-    config_class: type
+    config_class: ClassVar[type[MethodConfig]]
 
     def __init__(
         self,
-        config: Any = None,
+        config: MethodConfig | None = None,
         *,
         layout: VideoLayout | None = None,
         layer_idx: int | None = None,
         context: AttentionContext | None = None,
-        plan_cache: dict | None = None,
+        plan_cache: PlanCache | None = None,
         **overrides,
     ) -> None:
+        if config is not None and not isinstance(config, self.config_class):
+            raise ValueError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
         config = config_with_overrides(self.config_class, config, overrides, type(self).__name__)
         super().__init__(
             family=config.family,
@@ -157,13 +206,15 @@ class ConfiguredAttnProcessor(VideoAttnProcessor):
             layer_idx=layer_idx,
             context=context,
             dense_steps=config.dense_steps,
-            dense_layers=self.dense_layers_of(config),
+            dense_layers=config.dense_layers,
             plan_cache=plan_cache,
         )
         self.config = config
 
-    @staticmethod
-    def dense_layers_of(config: Any) -> int:
-        """How many leading layers run dense (the config's ``dense_layers``)."""
-        return config.dense_layers
+    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> MethodPlan:
+        """This call's plan (cached where it depends only on the layout and the config)."""
+        raise NotImplementedError
 
+    def density(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> float:
+        """Share of dense attention FLOPs (QK^T and PV) this method spends on these inputs."""
+        return float(self.plan(query, key, layout, family).density)

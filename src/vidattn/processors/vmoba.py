@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import AttentionContext
-from ..kernels import BACKENDS, block_sparse_attention
+from ..checks import check_bool, check_choice, check_int
+from ..kernels import block_sparse_attention
+from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
 from ..patterns.vmoba import (
     KINDS,
@@ -20,17 +21,19 @@ from ..patterns.vmoba import (
     validate_selection,
     vmoba_plan,
 )
-from .base import ConfiguredAttnProcessor
-from .install import install_configured, remove_processors
+from .base import MethodAttnProcessor
+from .config import MethodConfig
 
 
 @dataclass(frozen=True)
-class VMoBAConfig:
-    """VMoBA settings. Defaults are FastVideo's Wan2.1-1.3B training config (threshold 0.25, query_head).
+class VMoBAConfig(MethodConfig):
+    """VMoBA (Wu et al. 2025, https://arxiv.org/abs/2506.23858). Defaults are FastVideo's Wan2.1-1.3B training config
+    (threshold 0.25, query_head).
 
-    Layer l uses ``layer_kind(l, first_sparse_layer, layer_cycle)`` (1d, 2d, 3d, 1d, ...) unless ``kind`` forces
-    one partition; layers before ``first_sparse_layer`` and the first ``dense_steps`` steps run the stock
-    processor. ``topk`` (for ``select_mode="topk"``) is one int or one per kind (1d, 2d, 3d).
+    Layer l uses ``layer_kind(l, dense_layers, layer_cycle)`` (1d, 2d, 3d, 1d, ... counted from the first sparse
+    layer) unless ``kind`` forces one partition; the first ``dense_layers`` layers and ``dense_steps`` steps run the
+    stock processor (the official code's ``first_sparse_layer`` is ``dense_layers``). ``topk`` (for
+    ``select_mode="topk"``) is one int or one per kind (1d, 2d, 3d).
     """
 
     temporal_chunk: int = 2
@@ -41,15 +44,12 @@ class VMoBAConfig:
     select_mode: str = "threshold"
     topk: int | tuple[int, int, int] = (2, 6, 18)
     layer_cycle: tuple[int, int, int] = (1, 1, 1)
-    first_sparse_layer: int = 0
     kind: str | None = None
-    dense_steps: int = 0
     block_size: int = 128
     group_queries: bool = True
-    backend: str = "auto"
-    family: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for kind in KINDS:  # validate, and store lists as tuples so the config stays hashable
             field = {"1d": "temporal_chunk", "2d": "spatial_chunk", "3d": "st_chunk"}[kind]
             chunk = normalize_chunk(kind, getattr(self, field))
@@ -62,14 +62,10 @@ class VMoBAConfig:
             validate_selection(self.select_mode, self.threshold_type, self.threshold, k)
         object.__setattr__(self, "layer_cycle", tuple(self.layer_cycle))
         layer_kind(0, 0, self.layer_cycle)  # validates the cycle
-        if self.kind is not None and self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS} or None (layer cycle), got {self.kind!r}")
-        if not isinstance(self.first_sparse_layer, int) or self.first_sparse_layer < 0:
-            raise ValueError(f"first_sparse_layer must be an int >= 0, got {self.first_sparse_layer!r}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size must be a positive int (e.g. 128), got {self.block_size!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.kind is not None:
+            check_choice("kind", self.kind, KINDS, note="or None for the layer cycle")
+        check_int("block_size", self.block_size, 1, note="e.g. 128")
+        check_bool("group_queries", self.group_queries)
 
     def chunk(self, kind: str) -> tuple[int, ...]:
         """The chunk of partition ``kind`` as a tuple (1, 2 or 3 ints)."""
@@ -82,8 +78,8 @@ class VMoBAConfig:
         """Partition of a layer: the forced ``kind``, else the cycle (layer 0 of the cycle when the index is unknown)."""
         if self.kind is not None:
             return self.kind
-        index = self.first_sparse_layer if layer_idx is None else layer_idx
-        return layer_kind(index, self.first_sparse_layer, self.layer_cycle)
+        index = self.dense_layers if layer_idx is None else layer_idx
+        return layer_kind(index, self.dense_layers, self.layer_cycle)
 
 
 def vmoba_partition_maps(layout: VideoLayout, config: VMoBAConfig | None = None) -> dict[str, torch.Tensor]:
@@ -103,51 +99,20 @@ def attention_with_plan(
 ) -> torch.Tensor:
     """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute."""
     part = vplan.partition
-    perm = part.perm.to(query.device)
-    if not part.identity:
-        key, value = (x.index_select(-2, perm) for x in (key, value))
-        if key_valid is not None:
-            key_valid = key_valid.index_select(-1, perm.to(key_valid.device))
-    if vplan.query_order is None:
-        query = query if part.identity else query.index_select(-2, perm)
-        out = block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
-        return out if part.identity else out.index_select(-2, part.inverse.to(out.device))
-    # Per-head query order: query position p of head (b, h) is original token perm[query_order[b, h, p]].
-    source = perm[vplan.query_order.to(query.device)]
-    batch = max(query.shape[0], source.shape[0])
-    index = source.expand(batch, query.shape[1], -1).unsqueeze(-1).expand(-1, -1, -1, query.shape[-1])
-    out = block_sparse_attention(torch.gather(query.expand(batch, -1, -1, -1), 2, index), key, value, vplan.plan, key_valid, backend=backend, scale=scale)
-    return torch.empty_like(out).scatter(2, index, out)
-
-
-def vmoba_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    partition: Partition,
-    config: VMoBAConfig,
-    key_valid: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """VMoBA attention of original-order (B, H, N, D) post-RoPE q/k/v for one partition (selection per call)."""
-    vplan = vmoba_plan(
-        query, key, partition, config.select_mode, config.threshold_type, config.threshold,
-        config.topk_for(partition.kind), config.block_size, config.group_queries,
+    if part.identity and vplan.query_order is None:
+        return block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
+    return block_sparse_attention_in_order(
+        query, key, value, vplan.plan, part.perm, query_order=vplan.query_order, key_valid=key_valid, backend=backend, scale=scale
     )
-    return attention_with_plan(query, key, value, vplan, key_valid, config.backend, scale)
 
 
-class VMoBAAttnProcessor(ConfiguredAttnProcessor):
+class VMoBAAttnProcessor(MethodAttnProcessor):
     """Drop-in VMoBA: ``transformer.set_attn_processor(VMoBAAttnProcessor(temporal_chunk=2, ...))``.
 
     Use :func:`apply_vmoba_attention` for the recurrent 1D-2D-3D layer cycle and dense warm-up steps.
     """
 
     config_class = VMoBAConfig
-
-    @staticmethod
-    def dense_layers_of(config: VMoBAConfig) -> int:
-        return config.first_sparse_layer
 
     @property
     def kind(self) -> str:
@@ -160,23 +125,10 @@ class VMoBAAttnProcessor(ConfiguredAttnProcessor):
         chunk = self.config.chunk(kind)
         return self.cached_plan(("vmoba-partition", layout, kind, chunk, str(device)), lambda: build_partition(layout, kind, chunk, device))
 
-    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout) -> VMoBAPlan:
+    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> VMoBAPlan:
         """This call's VMoBA plan (selection + tiles) for original-order (B, H, N, D) post-RoPE q/k."""
         c = self.config
         return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size, c.group_queries)
 
-    def density(self, query, key, layout, family):
-        return self.plan(query, key, layout).tile_density
-
     def attend(self, query, key, value, layout, key_valid, family):
-        return attention_with_plan(query, key, value, self.plan(query, key, layout), key_valid, self.config.backend)
-
-
-def apply_vmoba_attention(transformer: torch.nn.Module, config: VMoBAConfig | None = None) -> AttentionContext:
-    """VMoBA on every video self-attention layer (layer i gets its partition from the cycle), plus the step hook."""
-    return install_configured(transformer, VMoBAAttnProcessor, config or VMoBAConfig())
-
-
-def remove_vmoba_attention(transformer: torch.nn.Module) -> None:
-    """Restore the stock processors and remove the hook installed by :func:`apply_vmoba_attention`."""
-    remove_processors(transformer)
+        return attention_with_plan(query, key, value, self.plan(query, key, layout, family), key_valid, self.config.backend)

@@ -6,21 +6,20 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..context import AttentionContext
-from ..kernels import BACKENDS, block_sparse_attention
+from ..checks import check_int, check_number
+from ..kernels import block_sparse_attention
+from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
-from ..patterns.plan import BlockPlan
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
-from .base import ConfiguredAttnProcessor
-from .install import install_configured, remove_processors
+from .base import MethodAttnProcessor
+from .config import MethodConfig
 
 
 def entropy_scale_factor(train_tokens: int, infer_tokens: int) -> float:
     """Entropy-style attention-scale factor ``sqrt(log(infer_tokens) / log(train_tokens))`` (times 1/sqrt(d))."""
-    if not (isinstance(train_tokens, int) and isinstance(infer_tokens, int) and train_tokens > 1 and infer_tokens > 1):
-        raise ValueError(f"train_tokens and infer_tokens must be ints > 1, got {train_tokens!r}, {infer_tokens!r}")
+    check_int("train_tokens", train_tokens, 2)
+    check_int("infer_tokens", infer_tokens, 2)
     return math.sqrt(math.log(infer_tokens) / math.log(train_tokens))
 
 
@@ -31,15 +30,18 @@ FREESWIM_WINDOW = (None, 15, 26)
 
 
 @dataclass(frozen=True)
-class WindowConfig:
-    """Window attention settings; defaults are FreeSwim's (all frames x 31 rows x 53 cols, inward, scale 1.046).
+class WindowConfig(MethodConfig):
+    """Window attention (FreeSwim, https://arxiv.org/abs/2511.14712, local branch); defaults are FreeSwim's (all frames x 31 rows x 53 cols, inward, scale 1.046).
 
     ``window`` gives per-axis half-widths (frames, rows, cols), ``size`` full window sizes instead (give at most
     one); an entry None or -1 is the whole axis. ``scale_factor`` multiplies the default 1/sqrt(head_dim)
     softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles (frames, rows, cols) for the
     kernel; None keeps the natural frame-major order; ``"auto"`` takes whichever of the natural order and a
     one-frame brick of ``block_size`` tokens (1x8x16 for 128) computes fewer tiles on the call's grid. The result
-    is the same either way; only the kernel's schedule changes.
+    is the same either way; only the kernel's schedule changes. ``tile_aligned=True`` is sliding tile attention:
+    ``window``/``size`` then count whole tiles of shape ``tile`` ("auto": the brick), every kept tile is computed
+    whole and mask-free; without ``window``/``size`` it takes FreeSwim's window rounded up to whole tiles. A
+    window at least as long as its axis covers the axis.
     """
 
     window: tuple | None = None
@@ -49,12 +51,10 @@ class WindowConfig:
     scale_factor: float = FREESWIM_SCALE_FACTOR
     block_size: int = 128
     tile: tuple[int, int, int] | str | None = "auto"
-    dense_steps: int = 0
-    dense_layers: int = 0
-    backend: str = "auto"
-    family: str | None = None
+    tile_aligned: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("window", "size"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -65,16 +65,16 @@ class WindowConfig:
             object.__setattr__(self, "tile", tuple(self.tile))
         for tile in self.candidate_tiles():  # validates window/size, dilation, inward, block_size, tile
             self.pattern(tile)
-        if isinstance(self.scale_factor, bool) or not isinstance(self.scale_factor, (int, float)) or not self.scale_factor > 0:
-            raise ValueError(f"scale_factor must be a number > 0 (1.0 = default 1/sqrt(d) scale), got {self.scale_factor!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_number("scale_factor", self.scale_factor, 0, low_open=True, note="1.0 = default 1/sqrt(d) scale")
 
-    def extents(self):
-        """Per-axis (lo, hi) or None (whole axis)."""
-        if self.window is None and self.size is None:
+    def extents(self, tile: tuple[int, int, int] | None = None):
+        """Per-axis (lo, hi) or None (whole axis); in tiles of ``tile`` when ``tile_aligned``."""
+        if self.window is not None or self.size is not None:
+            return window_extents(self.window, self.size)
+        if not self.tile_aligned or tile is None:
             return window_extents(FREESWIM_WINDOW)
-        return window_extents(self.window, self.size)
+        sizes = [None if d is None else -(-(2 * d + 1) // t) for d, t in zip(FREESWIM_WINDOW, tile)]
+        return window_extents(size=sizes)
 
     def brick(self) -> tuple[int, int, int] | None:
         """The one-frame brick of ``block_size`` tokens that ``tile="auto"`` tries (None if not a power of two)."""
@@ -89,13 +89,18 @@ class WindowConfig:
         if isinstance(self.tile, str):
             if self.tile != "auto":
                 raise ValueError(f"tile must be 'auto', None or three ints (frames, rows, cols), got {self.tile!r}")
+            if self.tile_aligned:
+                if self.brick() is None:
+                    raise ValueError(f"tile_aligned=True with tile='auto' needs a power-of-two block_size, got {self.block_size!r}; give tile=(frames, rows, cols)")
+                return [self.brick()]
             return [None] if self.brick() is None else [None, self.brick()]
         return [self.tile]
 
     def pattern(self, tile: tuple[int, int, int] | None | str = "config") -> WindowPattern:
         """The pattern with token order ``tile`` (default: the config's first candidate)."""
         tile = self.candidate_tiles()[0] if tile == "config" else tile
-        return WindowPattern(self.extents(), self.dilation, self.inward, self.block_size, tile)  # type: ignore[arg-type]
+        extents = self.extents(tile)  # type: ignore[arg-type]
+        return WindowPattern(extents, self.dilation, self.inward, self.block_size, tile, self.tile_aligned)  # type: ignore[arg-type]
 
 
 def window_attention(
@@ -110,16 +115,12 @@ def window_attention(
     """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so)."""
     if wplan.order is None:
         return block_sparse_attention(query, key, value, wplan.plan, key_valid, backend=backend, scale=scale)
-    order = wplan.order.to(query.device)
-    # One extra zero token at index N stands for every padding position.
-    q, k, v = (F.pad(x, (0, 0, 0, 1)).index_select(-2, order) for x in (query, key, value))
-    if key_valid is not None:
-        key_valid = F.pad(key_valid, (0, 1), value=False).index_select(-1, order.to(key_valid.device))
-    out = block_sparse_attention(q, k, v, wplan.plan, key_valid, backend=backend, scale=scale)
-    return out.index_select(-2, wplan.inverse.to(out.device))
+    return block_sparse_attention_in_order(
+        query, key, value, wplan.plan, wplan.order, padded=True, key_valid=key_valid, backend=backend, scale=scale
+    )
 
 
-class WindowAttnProcessor(ConfiguredAttnProcessor):
+class WindowAttnProcessor(MethodAttnProcessor):
     """Drop-in window attention: ``transformer.set_attn_processor(WindowAttnProcessor(window=(3, 15, 26), inward=True))``."""
 
     config_class = WindowConfig
@@ -134,25 +135,10 @@ class WindowAttnProcessor(ConfiguredAttnProcessor):
 
         return self.cached_plan(("window", layout, tuple(patterns), str(device)), build)
 
-    def plan(self, layout: VideoLayout, family: str = "wan", device: torch.device | str = "cpu") -> BlockPlan:
-        """The block plan for ``layout`` in the kernel's token order (what ``vidattn mask`` draws)."""
-        return self.window_plan(layout, device).plan
-
-    def density(self, query, key, layout, family):
-        """Tiles computed over the tiles of dense attention on the unpadded sequence (the kernel's share of work)."""
-        plan = self.plan(layout, family, query.device)
-        return plan.tiles.sum().item() / (-(-layout.total_tokens // plan.block_size)) ** 2
+    def plan(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout, family: str) -> WindowPlan:
+        """The window plan for ``layout``; ``.plan`` is the block plan in the kernel's token order (what ``vidattn mask`` draws)."""
+        return self.window_plan(layout, query.device)
 
     def attend(self, query, key, value, layout, key_valid, family):
         scale = self.config.scale_factor / math.sqrt(query.shape[-1])
         return window_attention(query, key, value, self.window_plan(layout, query.device), key_valid, self.config.backend, scale)
-
-
-def apply_window_attention(transformer: torch.nn.Module, config: WindowConfig | None = None) -> AttentionContext:
-    """Window attention on every video self-attention layer, plus the hook for dense warm-up steps/layers."""
-    return install_configured(transformer, WindowAttnProcessor, config or WindowConfig())
-
-
-def remove_window_attention(transformer: torch.nn.Module) -> None:
-    """Restore the stock processors and remove the hook installed by :func:`apply_window_attention`."""
-    remove_processors(transformer)

@@ -4,12 +4,14 @@
 """
 
 from .cache import CachedLatentDataset, PrepareReport, prepare_data
+from .cache_check import CacheError, verify_cache
 from .config import TrainConfig
 from .dataset import BucketBatchSampler, VideoClipDataset
-from .objectives import flow_matching_loss, sample_sigmas, shift_sigmas
+from ..flow_matching import flow_matching_loss, sample_sigmas, shift_sigmas
 
 __all__ = [
     "BucketBatchSampler",
+    "CacheError",
     "CachedLatentDataset",
     "PrepareReport",
     "TrainConfig",
@@ -18,4 +20,5 @@ __all__ = [
     "prepare_data",
     "sample_sigmas",
     "shift_sigmas",
+    "verify_cache",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,16 @@ import yaml
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine")
 LOGGERS = (None, "tensorboard")
+NONFINITE = ("error", "skip")
+EXPERTS = ("transformer", "transformer_2")
+FLOAT_FIELDS = (
+    "lora_alpha", "lora_dropout", "learning_rate", "extra_params_learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm", "shift", "ema_decay",
+)
+INT_FIELDS = (
+    "dense_layers", "lora_rank", "lr_warmup_steps", "max_train_steps", "batch_size", "gradient_accumulation_steps", "seed",
+    "checkpointing_steps", "checkpoints_total_limit", "max_steps_per_run", "log_every",
+)
 
 
 @dataclass
@@ -22,6 +33,8 @@ class TrainConfig:
     model: str
     data: str
     output_dir: str
+    # which transformer of a two-expert pipeline (Wan 2.2 A14B) to train; each trains on its side of boundary_ratio
+    expert: str = "transformer"
     # attention method active during training (a name of vidattn.processors.registry.METHODS, or "none")
     method: str = "none"
     method_args: dict = field(default_factory=dict)
@@ -50,6 +63,7 @@ class TrainConfig:
     shift: float = 5.0
     seed: int = 0
     ema_decay: float | None = None
+    nonfinite: str = "error"  # a non-finite loss or gradient: "error" stops the run, "skip" skips the step and counts it
     # bookkeeping
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
@@ -62,15 +76,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
             self.mixed_precision = "no"
+        for name in FLOAT_FIELDS + INT_FIELDS:
+            setattr(self, name, _number(name, getattr(self, name), integer=name in INT_FIELDS))
         for name in ("model", "data", "output_dir", "method"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS} (Wan 2.2 A14B: high-noise, low-noise), got {self.expert!r}")
         if self.method not in method_names():
             raise ValueError(f"method must be one of {method_names()} (attention during training), got {self.method!r}")
         if not isinstance(self.method_args, dict):
             raise ValueError(f"method_args must be a mapping of the method's config fields, got {self.method_args!r}")
         if "dense_steps" in self.method_args:
             raise ValueError("method_args.dense_steps is an inference setting (training samples noise levels at random); use dense_layers")
+        if self.method != "none":  # the method's own checks, before any model is loaded
+            from ..processors.registry import get_method
+
+            from ..processors.config import check_fields
+
+            config_class = get_method(self.method).config
+            check_fields(config_class, self.method_args, f"{self.method} method_args")
+            if "dense_layers" not in self.method_args:
+                config_class(**self.method_args)
         _positive_int(self, "lora_rank", "max_train_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every")
         _nonneg_int(self, "dense_layers", "lr_warmup_steps", "seed")
         for name in ("checkpoints_total_limit", "max_steps_per_run"):
@@ -101,6 +128,13 @@ class TrainConfig:
             raise ValueError(f"log_with must be one of {LOGGERS}, got {self.log_with!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or null (no EMA), got {self.ema_decay!r}")
+        for name in ("weight_decay", "adam_beta1", "adam_beta2"):
+            if not isinstance(getattr(self, name), (int, float)):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1!r} and {self.adam_beta2!r}")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE} (error: stop the run; skip: skip the step and count it), got {self.nonfinite!r}")
 
     @property
     def alpha(self) -> float:
@@ -143,14 +177,32 @@ def method_names() -> tuple[str, ...]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a=1", "b=[x, y]"]`` -> ``{"a": 1, "b": ["x", "y"]}`` (values are YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"overrides must look like key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    """``["a=1", "b=[x, y]"]`` -> ``{"a": 1, "b": ["x", "y"]}`` (values are YAML; the shared KEY=VALUE parser)."""
+    from ..params import parse_key_values
+
+    return parse_key_values(items, option="--set")
+
+
+def _number(name: str, value: Any, integer: bool) -> Any:
+    """A YAML number in any spelling: PyYAML reads ``1e-4`` (no dot) as a string; ``"1e3"`` is 1000 for an int field.
+
+    Non-numeric strings and other types pass through unchanged for the field's own check; NaN/inf are rejected."""
+    if value is None:
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be a number (e.g. 1e-4, 0.0001), got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if integer and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return value
 
 
 def _positive_int(config: TrainConfig, *names: str) -> None:

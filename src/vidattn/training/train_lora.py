@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -20,35 +21,57 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..processors.install import install_processors
-from ..processors.registry import METHODS, make_processor
+from ..processors.registry import apply_method
+from .atomic import replace_synced, write_json_atomic
 from .cache import CachedLatentDataset, default_model_folder
+from .checkpointing import FINISHED, clear_run, read_finished, read_state, resolve_resume, save_checkpoint, write_finished
 from .config import TrainConfig
 from .dataset import BucketBatchSampler
-from .objectives import flow_matching_loss
+from .finite import NonFiniteError, nonfinite_step, nonfinite_tensors
+from .killpoints import KillPoints
+from ..flow_matching import flow_matching_loss
 
 logger = logging.getLogger("vidattn.training")
 
 TRAINABLE_FILE = "trainable.safetensors"
 EXTRA_PARAMS_FILE = "extra_params.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LOSSES_FILE = "losses.json"
+CONFIG_FILE = "train_config.json"
+RUN_ARTIFACTS = (LORA_FILE, EXTRA_PARAMS_FILE, LOSSES_FILE, CONFIG_FILE, ".export.tmp")
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
 class TrainResult:
-    """What a run did: optimizer steps, (step, loss) pairs, exported files and throughput."""
+    """What a run did: optimizer steps, (step, loss) pairs of this invocation, exported files, throughput, the
+    number of non-finite steps skipped (``nonfinite: skip``), and whether the run had finished before (nothing done)."""
 
     global_step: int
     losses: list = field(default_factory=list)
     lora_path: str | None = None
     extra_params_path: str | None = None
     steps_per_second: float = 0.0
+    skipped_steps: int = 0
+    already_finished: bool = False
     transformer: torch.nn.Module | None = field(default=None, repr=False)  # the trained (unwrapped) model
 
 
-def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The transformer of a diffusers pipeline folder (or a transformer folder), or of the embedded ``"default"``."""
+def expert_sigma_range(model: str, expert: str) -> tuple[float, float]:
+    """Noise levels ``expert`` denoises in its pipeline: Wan 2.2 A14B's ``transformer`` takes t >= boundary_ratio * 1000,
+    ``transformer_2`` the rest; a one-transformer pipeline takes them all (and has no ``transformer_2``)."""
+    folder = default_model_folder() if model == "default" else model
+    index = Path(folder) / "model_index.json" if folder else None
+    boundary = json.loads(index.read_text()).get("boundary_ratio") if index is not None and index.is_file() else None
+    if expert == "transformer_2" and boundary is None:
+        raise ValueError(f"expert transformer_2 needs a two-expert pipeline folder (Wan 2.2 A14B, boundary_ratio set); {model!r} has one transformer")
+    if boundary is None:
+        return (0.0, 1.0)
+    return (float(boundary), 1.0) if expert == "transformer" else (0.0, float(boundary))
+
+
+def load_transformer(model: str, dtype: torch.dtype = torch.float32, expert: str = "transformer") -> torch.nn.Module:
+    """Transformer ``expert`` of a diffusers pipeline folder (or a transformer folder), or of the embedded ``"default"``."""
     if model == "default" and default_model_folder() is None:
         from ..pipelines.default_model import build_default_pipeline
 
@@ -59,31 +82,20 @@ def load_transformer(model: str, dtype: torch.dtype = torch.float32) -> torch.nn
     path = Path(default_model_folder() if model == "default" else model)
     if not path.is_dir():
         raise ValueError(f"model must be a diffusers pipeline folder, a transformer folder or 'default', got {model!r}")
-    if (path / "transformer").is_dir():
-        return AutoModel.from_pretrained(str(path), subfolder="transformer", torch_dtype=dtype)
+    if (path / expert).is_dir():
+        return AutoModel.from_pretrained(str(path), subfolder=expert, torch_dtype=dtype)
+    if expert != "transformer":
+        raise ValueError(f"expert {expert!r}: no {expert}/ folder in {str(path)!r}")
     return AutoModel.from_pretrained(str(path), torch_dtype=dtype)
-
-
-def dense_layer_argument(method: str) -> str:
-    """The config field through which ``method`` keeps its first n layers dense (VMoBA: ``first_sparse_layer``)."""
-    entry = METHODS[method]
-    fields = set(getattr(entry.config, "__dataclass_fields__", ()))
-    return "first_sparse_layer" if "dense_layers" not in fields and "first_sparse_layer" in fields else "dense_layers"
 
 
 def install_method(transformer: torch.nn.Module, method: str, method_args: dict, dense_layers: int):
     """Put ``method``'s processor on every video self-attention layer (the first ``dense_layers`` stay dense)."""
     if method == "none":
         return None
-    argument = dense_layer_argument(method)
-    if argument in method_args:
-        raise ValueError(f"set dense_layers at the top level of the training config, not method_args.{argument}")
-    plan_cache: dict = {}
-
-    def make(index: int, family: str, context) -> object:
-        return make_processor(method, layer_idx=index, context=context, plan_cache=plan_cache, **{argument: dense_layers}, **method_args)
-
-    return install_processors(transformer, make)
+    if "dense_layers" in method_args:
+        raise ValueError("set dense_layers at the top level of the training config, not method_args.dense_layers")
+    return apply_method(transformer, method, **{**method_args, "dense_layers": dense_layers})
 
 
 def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> list[str]:
@@ -148,26 +160,6 @@ class ParamEMA:
         self.shadow = {n: t.float() for n, t in state["shadow"].items()}
 
 
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders of ``output_dir``, oldest first."""
-    root = Path(output_dir)
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def resolve_resume(config: TrainConfig) -> Path | None:
-    """The checkpoint to resume from: None, ``"latest"`` (None if there is none yet) or an explicit folder."""
-    if config.resume_from_checkpoint is None:
-        return None
-    if config.resume_from_checkpoint == "latest":
-        found = checkpoints(config.output_dir)
-        return found[-1] if found else None
-    path = Path(config.resume_from_checkpoint)
-    if not path.is_dir() or not path.name.startswith("checkpoint-") or not path.name.split("-", 1)[1].isdigit():
-        raise ValueError(f"resume_from_checkpoint must be null, 'latest' or an existing checkpoint-<step> folder, got {str(path)!r}")
-    return path
-
-
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's weights in peft naming (what ``save_lora_weights`` expects for ``transformer_lora_layers``)."""
     from peft.utils import get_peft_model_state_dict
@@ -175,20 +167,30 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def export_lora(transformer: torch.nn.Module, output_dir: str | Path, extra_names: Sequence[str] = ()) -> tuple[str, str | None]:
+def export_lora(transformer: torch.nn.Module, output_dir: str | Path, extra_names: Sequence[str] = (), kill: KillPoints | None = None) -> tuple[str, str | None]:
     """Write ``pytorch_lora_weights.safetensors`` (diffusers format, loads with ``WanPipeline.load_lora_weights``)
-    and, when extra parameters were trained, ``extra_params.safetensors`` (load with ``load_state_dict(strict=False)``)."""
+    and, when extra parameters were trained, ``extra_params.safetensors`` (load with ``load_state_dict(strict=False)``).
+    Both are written into ``.export.tmp`` and renamed into place, so a crash never leaves a half-written LoRA."""
     from diffusers import WanPipeline
 
+    output_dir = Path(output_dir)
+    staging = output_dir / ".export.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     metadata = transformer.peft_config["default"].to_dict()
     metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in metadata.items()}
-    WanPipeline.save_lora_weights(str(output_dir), transformer_lora_layers=lora_state_dict(transformer), transformer_lora_adapter_metadata=metadata)
-    extra_path = None
+    WanPipeline.save_lora_weights(str(staging), transformer_lora_layers=lora_state_dict(transformer), transformer_lora_adapter_metadata=metadata)
+    names = [LORA_FILE]
     if extra_names:
         params = dict(transformer.named_parameters())
-        extra_path = str(Path(output_dir) / EXTRA_PARAMS_FILE)
-        save_file({n.replace(".base_layer", ""): params[n].detach().float().cpu().contiguous() for n in extra_names}, extra_path)
-    return str(Path(output_dir) / LORA_FILE), extra_path
+        save_file({n.replace(".base_layer", ""): params[n].detach().float().cpu().contiguous() for n in extra_names}, str(staging / EXTRA_PARAMS_FILE))
+        names.append(EXTRA_PARAMS_FILE)
+    if kill is not None:
+        kill.reach("export")
+    for name in names:
+        replace_synced(staging / name, output_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return str(output_dir / LORA_FILE), (str(output_dir / EXTRA_PARAMS_FILE) if extra_names else None)
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
@@ -212,13 +214,30 @@ def has_accelerator() -> bool:
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) one LoRA training run described by ``config``; the main process exports the LoRA at the end."""
+def finished_before(config: TrainConfig, overwrite: bool) -> dict | None:
+    """The finished mark of ``output_dir`` when re-running would redo (overwrite) a finished run, else None.
+
+    A run continues past its mark only when it resumes and ``max_train_steps`` grew (training it further)."""
+    mark = read_finished(config.output_dir)
+    if overwrite or mark is None:
+        return None
+    extends = config.resume_from_checkpoint is not None and config.max_train_steps > int(mark.get("global_step", 0))
+    return None if extends else mark
+
+
+def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
+    """Run (or resume) one LoRA training run described by ``config``; the main process exports the LoRA at the end.
+
+    A finished run in ``output_dir`` is left untouched (``already_finished``) unless ``overwrite``, which deletes
+    its checkpoints and outputs and starts from step 0. Raises ``NonFiniteError`` on a non-finite loss or gradient
+    (``nonfinite: error``) and never exports non-finite weights.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
     output_dir = Path(config.output_dir)
+    kill = KillPoints.from_env()
     accelerator = Accelerator(
         cpu=not has_accelerator(),  # multi-process CPU runs (torchrun, tests) then use DDP over gloo
         mixed_precision=config.mixed_precision,
@@ -227,12 +246,24 @@ def train(config: TrainConfig) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logger.info("process %d of %d on %s (%s)", accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.distributed_type)
-    dataset = CachedLatentDataset(config.data)  # fails early, before the model loads, on a bad cache
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type.value != "FSDP":
+        raise ValueError(  # accelerate would silently train unsharded (MULTI_CPU / NO on a machine without an accelerator)
+            f"the accelerate config asks for FSDP but accelerate chose {accelerator.distributed_type.value} (FSDP needs an "
+            "accelerator device); on this machine use configs/accelerate/ddp.yaml"
+        )
+    mark = finished_before(config, overwrite)
+    if mark is not None:
+        lora = output_dir / mark.get("lora", LORA_FILE)
+        logger.info("%s holds a finished run (%s steps); nothing to do (--overwrite trains it again)", output_dir, mark.get("global_step"))
+        return TrainResult(global_step=int(mark.get("global_step", 0)), lora_path=str(lora), already_finished=True, skipped_steps=int(mark.get("skipped_steps", 0)))
+    dataset = CachedLatentDataset(config.data)  # fails early, before the model loads, on a bad cache (naming the file)
     sampler = BucketBatchSampler(
         dataset.shape_keys(), config.batch_size, seed=config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes
     )
+    resume = None if overwrite else resolve_resume(config.resume_from_checkpoint, output_dir)
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-    transformer = load_transformer(config.model, weight_dtype)
+    sigma_range = expert_sigma_range(config.model, config.expert)
+    transformer = load_transformer(config.model, weight_dtype, config.expert)
     install_method(transformer, config.method, config.method_args, config.dense_layers)
     torch.manual_seed(config.seed)  # LoRA A init (DDP then broadcasts rank 0's copy)
     add_lora(transformer, config)
@@ -258,6 +289,7 @@ def train(config: TrainConfig) -> TrainResult:
         if accelerator.is_main_process:
             state = {n: p.detach().float().cpu().contiguous() for n, p in accelerator.unwrap_model(models[0]).named_parameters() if p.requires_grad}
             save_file(state, str(Path(directory) / TRAINABLE_FILE))
+            kill.reach("save_files")  # test hook: dies with the optimizer state not yet written
         weights.clear()
 
     def load_hook(models, directory):
@@ -273,17 +305,24 @@ def train(config: TrainConfig) -> TrainResult:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    global_step = 0
-    resume = resolve_resume(config)
+    if overwrite:  # only now: a config or data error above must not have cost the old run
+        if accelerator.is_main_process:
+            removed = clear_run(output_dir, RUN_ARTIFACTS)
+            if removed:
+                logger.info("--overwrite: deleted %s from %s; starting from step 0", ", ".join(removed), output_dir)
+        accelerator.wait_for_everyone()
+    global_step, history, skipped = 0, [], 0
     if resume is not None:
         accelerator.load_state(str(resume))
         global_step = int(resume.name.split("-", 1)[1])
+        saved = read_state(resume)
+        history, skipped = saved["losses"], saved["skipped_steps"]
         logger.info("resumed from %s at step %d", resume, global_step)
     if config.log_with is not None:
         accelerator.init_trackers("vidattn_lora", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()})
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        write_json_atomic(output_dir / CONFIG_FILE, config.to_dict())
 
     accum = config.gradient_accumulation_steps
     micro_step = global_step * accum
@@ -293,86 +332,114 @@ def train(config: TrainConfig) -> TrainResult:
         total=config.max_train_steps, initial=global_step, desc="train", disable=not (config.progress_bar and accelerator.is_main_process)
     )
     group_loss, start_time, start_step = 0.0, time.perf_counter(), global_step
+    check_grads = accelerator.scaler is None  # fp16's grad scaler skips overflowing steps by itself
     stop_at = config.max_train_steps if config.max_steps_per_run is None else min(config.max_train_steps, global_step + config.max_steps_per_run)
     while global_step < stop_at:
-        batch = dataset.batch(next(batches))
+        batch = dataset.batch(next(batches))  # raises naming the file on an unreadable or non-finite clip
         latents = batch["latents"].to(accelerator.device, weight_dtype)
         text = batch["text_embeds"].to(accelerator.device, weight_dtype)
         # noise and noise levels: a pure function of (seed, micro step, rank), so resuming reproduces them
         generator = torch.Generator().manual_seed((config.seed * 1_000_003 + micro_step) * 1_009 + accelerator.process_index)
+        bad = None
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = flow_matching_loss(model, latents, text, shift=config.shift, generator=generator)
+                loss = flow_matching_loss(model, latents, text, shift=config.shift, generator=generator, sigma_range=sigma_range)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
-            optimizer.step()
+            group_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / accum  # the same on every rank
+            if accelerator.sync_gradients:
+                bad = nonfinite_step(group_loss, trainable.items(), check_grads)  # grads are all-reduced: same on every rank
+                if bad is not None and config.nonfinite == "error":
+                    raise NonFiniteError(
+                        f"step {global_step + 1}: {bad}; stopped without exporting (lower learning_rate, check the data with "
+                        f"`vidattn prepare-data --verify --out {config.data}`, or set nonfinite: skip to skip such steps)"
+                    )
+                if bad is None and config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
+            if bad is None:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         micro_step += 1
-        group_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / accum
         if not accelerator.sync_gradients:
             continue
         lr_scheduler.step()
         global_step += 1
-        if ema is not None:
-            ema.update(trainable)
-        losses.append((global_step, group_loss))
+        if bad is not None:
+            skipped += 1
+            logger.warning("skipped step %d: %s (%d skipped so far)", global_step, bad, skipped)
+        else:
+            if ema is not None:
+                ema.update(trainable)
+            losses.append((global_step, group_loss))
         progress.update(1)
         progress.set_postfix(loss=f"{group_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-        if global_step % config.log_every == 0:
+        if global_step % config.log_every == 0 and bad is None:
             accelerator.log({"loss": group_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
         group_loss = 0.0
+        kill.reach("step")
         if global_step % config.checkpointing_steps == 0 or global_step == stop_at:
-            save_checkpoint(accelerator, config, global_step)
+            state = {"losses": history + losses, "skipped_steps": skipped}
+            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit, kill)
     progress.close()
     elapsed = time.perf_counter() - start_time
     accelerator.wait_for_everyone()
-    result = TrainResult(global_step=global_step, losses=losses, steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0)
+    result = TrainResult(
+        global_step=global_step, losses=losses, skipped_steps=skipped,
+        steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+    )
     unwrapped = accelerator.unwrap_model(model)
     result.transformer = unwrapped
     finished = global_step == config.max_train_steps  # not when stopped early by max_steps_per_run
     if finished and ema is not None:
         ema.copy_to(trainable)  # the exported (and returned) weights are the averaged ones
+    if finished:
+        bad_weights = nonfinite_tensors(trainable.items())  # the same on every rank, so every rank stops together
+        if bad_weights:
+            raise NonFiniteError(f"{len(bad_weights)} trained tensor(s) are not finite (first: {bad_weights[0]}); no LoRA exported")
     if finished and accelerator.is_main_process:
-        result.lora_path, result.extra_params_path = export_lora(unwrapped, output_dir, extra_names)
-        (output_dir / "losses.json").write_text(json.dumps(losses))
+        (output_dir / FINISHED).unlink(missing_ok=True)
+        result.lora_path, result.extra_params_path = export_lora(unwrapped, output_dir, extra_names, kill)
+        write_json_atomic(output_dir / LOSSES_FILE, history + losses, indent=None)
+        write_finished(output_dir, {"global_step": global_step, "lora": LORA_FILE, "extra_params": EXTRA_PARAMS_FILE if extra_names else None, "skipped_steps": skipped})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-def save_checkpoint(accelerator, config: TrainConfig, step: int) -> Path:
-    """``accelerator.save_state`` into ``checkpoint-<step>``, pruning the oldest beyond ``checkpoints_total_limit``."""
-    directory = Path(config.output_dir) / f"checkpoint-{step}"
-    if accelerator.is_main_process and config.checkpoints_total_limit is not None:
-        old = [p for p in checkpoints(config.output_dir) if p != directory]
-        for stale in old[: max(0, len(old) - config.checkpoints_total_limit + 1)]:
-            shutil.rmtree(stale)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(directory))
-    return directory
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidattn.training.train_lora", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML training config (see configs/ and docs/training.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
+    parser.add_argument("--overwrite", action="store_true", help="train again from step 0 in an output_dir that holds a run (deletes its checkpoints and LoRA)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``--config X.yaml [--set key=value ...]``; returns 0, or 2 on a configuration error."""
+    """Command-line entry: ``--config X.yaml [--set key=value ...] [--overwrite] [--debug]``.
+
+    Returns 0 (trained, stopped by max_steps_per_run, or already finished), 2 on a configuration, data or file error
+    (one line; the traceback with ``--debug``), 3 on a non-finite loss, gradient or weight.
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = TrainConfig.from_yaml(args.config, args.overrides)
-    except ValueError as exc:
+        result = train(config, overwrite=args.overwrite)
+    except (ValueError, OSError, NonFiniteError) as exc:  # OSError: a path that is a file, no permission, disk full
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result = train(config)
-    if result.lora_path:
-        first, last = (result.losses[0][1], result.losses[-1][1]) if result.losses else (float("nan"), float("nan"))
-        print(f"trained {result.global_step} steps ({result.steps_per_second:.2f} steps/s), loss {first:.4f} -> {last:.4f}; LoRA: {result.lora_path}")
+        return 3 if isinstance(exc, NonFiniteError) else 2
+    if result.already_finished:
+        print(f"{config.output_dir} holds a finished run ({result.global_step} steps; LoRA: {result.lora_path}); nothing done. "
+              "Use --overwrite to train again from step 0, or raise max_train_steps with resume_from_checkpoint: latest to continue.")
+    elif result.lora_path:
+        trend = f", loss {result.losses[0][1]:.4f} -> {result.losses[-1][1]:.4f}" if result.losses else ""
+        print(f"trained {result.global_step} steps ({result.steps_per_second:.2f} steps/s){trend}; LoRA: {result.lora_path}")
+    else:
+        print(f"stopped at step {result.global_step} of {config.max_train_steps} (max_steps_per_run); resume with resume_from_checkpoint: latest")
+    if result.skipped_steps:
+        print(f"warning: {result.skipped_steps} step(s) skipped for a non-finite loss or gradient (nonfinite: skip)", file=sys.stderr)
     return 0
 
 

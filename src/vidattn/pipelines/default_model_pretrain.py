@@ -4,7 +4,7 @@ Stages (each resumes from its checkpoint in ``--work``): ``vae`` (reconstruction
 dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), ``decoder`` (more decoder
 training with the encoder frozen, so the latents stay valid; can run beside ``transformer``), ``assemble``.
 Reproduce the committed weights with
-``python -m vidattn.training.pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
+``python -m vidattn.pipelines.default_model_pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
-from .objectives import flow_matching_loss
+from ..latents import normalise_latents
+from ..flow_matching import flow_matching_loss
+from .default_model import build_tokenizer
 
 STAGES = ("vae", "latents", "transformer", "decoder", "assemble")
 
@@ -44,6 +47,7 @@ class VAESettings:
     latent_hint_weight: float = 1.0
     decoder_steps: int = 0
     decoder_learning_rate: float = 1e-3
+    decoder_clip_frames: int | None = None  # clip length of the decoder stage (None: clip_frames); 17 = whole clips
     crop_on_shape: bool = True     # centre each crop near the shape (every crop shows one) instead of anywhere
     hint_foreground_weight: float = 8.0  # extra latent-hint weight on cells the shape covers (colour must survive)
     warmup: int = 50
@@ -224,6 +228,9 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         opt.load_state_dict(state["opt"])
         step = state["step"]
     data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
+    # The causal VAE decodes chunk by chunk through a cache: clips of 9 frames never train the third chunk onwards,
+    # and it drifted in colour there (red decoded yellow in frames 13-16); the decoder stage sees whole clips.
+    clip_frames = v.decoder_clip_frames if decoder_only and v.decoder_clip_frames else v.clip_frames
     rng = np.random.default_rng([cfg.seed, 1, step])
     vae.train()
     while step < total:
@@ -235,15 +242,15 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
             sample = data[int(rng.integers(len(data)))]
             video = sample.video
             backgrounds.append(COLORS[sample.background])
-            f0 = int(rng.integers(cfg.frames - v.clip_frames + 1))
+            f0 = int(rng.integers(cfg.frames - clip_frames + 1))
             y0, x0 = (int(rng.integers(s - v.crop + 1)) for s in (cfg.height, cfg.width))
             if v.crop_on_shape:
-                mid = video[f0 + v.clip_frames // 2]
+                mid = video[f0 + clip_frames // 2]
                 ys, xs = np.nonzero(np.abs(mid - np.asarray(COLORS[sample.background])).max(-1) > 0.1)
                 if len(xs):
                     y0, x0 = (int(np.clip(round(c) - v.crop // 2 + rng.integers(-v.crop // 4, v.crop // 4 + 1), 0, s - v.crop))
                               for c, s in ((ys.mean(), cfg.height), (xs.mean(), cfg.width)))
-            clips.append(video[f0 : f0 + v.clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
+            clips.append(video[f0 : f0 + clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
         x = to_pixels(np.stack(clips))
         posterior = vae.encode(x).latent_dist
         latents = posterior.mode()  # a deterministic autoencoder: the mean is the latent
@@ -286,7 +293,7 @@ def encode_latents(cfg: PretrainConfig, work: Path) -> None:
     z = torch.cat(latents)
     mean = z.mean(dim=(0, 2, 3, 4))
     std = z.std(dim=(0, 2, 3, 4))
-    z = (z - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    z = normalise_latents(z, mean, std)
     save_file({"latents": z.contiguous()}, str(work / "latents.safetensors"))
     (work / "latents.json").write_text(json.dumps({"captions": captions, "latents_mean": mean.tolist(), "latents_std": std.tolist()}))
 
@@ -294,8 +301,6 @@ def encode_latents(cfg: PretrainConfig, work: Path) -> None:
 # -- stage 3: transformer ----------------------------------------------------------------------------------
 def _text_pipeline(cfg: PretrainConfig):
     from diffusers import WanPipeline
-
-    from ..pipelines.default_model import build_tokenizer
 
     tokenizer = build_tokenizer()
     return WanPipeline(tokenizer=tokenizer, text_encoder=build_text_encoder(cfg, tokenizer), vae=None, transformer=None, scheduler=None)
@@ -372,8 +377,7 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
     """Run the named stages in order (each resumes from ``work``)."""
     for stage in stages:
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_choice("stage", stage, STAGES)
     cfg = load_config(config)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -394,7 +398,7 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vidattn.training.pretrain", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m vidattn.pipelines.default_model_pretrain", description=__doc__)
     p.add_argument("--config", default="configs/default_model.yaml")
     p.add_argument("--work", default="outputs/pretrain", help="checkpoints and log (resumable)")
     p.add_argument("--out", default="src/vidattn/assets/default_model")

@@ -1,8 +1,10 @@
 """FreeSwim's cross-attention override as record-then-inject passes through the stock Wan transformer.
 
 A full-attention pass on the noisy latent records every block's cross-attention output (``attn2``); the
-window pass then uses those outputs instead of its own. Stateful processors share one controller, whose
-``phase`` the caller sets per transformer call; outputs are cached for ``cache_steps`` denoising steps.
+window pass then uses those outputs instead of its own. The processors share one controller (the records)
+and read the pass (``phase``) and CFG ``branch`` of each transformer call from the controller's
+:class:`~vidattn.context.AttentionContext`, set with ``context.call``; outputs are cached for ``cache_steps``
+denoising steps. Pipeline machinery of :class:`~vidattn.pipelines.freeswim.FreeSwimPipeline`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from ..checks import check_bool, check_choice, check_int, check_number
+from ..context import AttentionContext
 from ..layout import VideoLayout
-from .base import VideoAttnProcessor
-from .window import entropy_scale_factor
+from ..processors.base import VideoAttnProcessor
+from ..processors.parallel import share_parallel_config
+from ..processors.window import entropy_scale_factor
 
 PHASES = ("full_record", "window", "window_inject")
 BRANCHES = ("cond", "uncond")
@@ -29,7 +34,8 @@ def refresh_steps(num_steps: int, cache_steps: int) -> list[int]:
 
 
 class CrossAttnOverride:
-    """The controller: phase of the current call, recorded ``attn2`` outputs per (branch, layer), statistics.
+    """The controller: recorded ``attn2`` outputs per (branch, layer) and statistics; the phase and branch of the
+    current call are ``context.phase`` / ``context.branch`` (set by :meth:`active`).
 
     ``cache_steps``: the full branch refreshes the record at steps ``0, cache_steps, 2*cache_steps, ...``
     and the window branch reuses it in between. ``override_uncond``: whether the unconditional CFG pass is
@@ -37,47 +43,40 @@ class CrossAttnOverride:
     its cache code does not. ``offload``: keep the record on the CPU between its uses.
     """
 
-    def __init__(self, num_layers: int, cache_steps: int = 1, override_uncond: bool = True, offload: bool = False) -> None:
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        if not isinstance(cache_steps, int) or isinstance(cache_steps, bool) or cache_steps < 1:
-            raise ValueError(f"cache_steps must be an int >= 1, got {cache_steps!r}")
-        if override_uncond not in (True, False):
-            raise ValueError(f"override_uncond must be True or False, got {override_uncond!r}")
-        if offload not in (True, False):
-            raise ValueError(f"offload must be True or False, got {offload!r}")
+    def __init__(
+        self,
+        num_layers: int,
+        cache_steps: int = 1,
+        override_uncond: bool = True,
+        offload: bool = False,
+        context: AttentionContext | None = None,
+    ) -> None:
+        check_int("num_layers", num_layers, 1)
+        check_int("cache_steps", cache_steps, 1)
+        check_bool("override_uncond", override_uncond)
+        check_bool("offload", offload)
         self.num_layers = num_layers
         self.cache_steps = cache_steps
         self.override_uncond = override_uncond
         self.offload = offload
-        self.phase = "window"
-        self.branch = "cond"
+        self.context = context if context is not None else AttentionContext()
         self.records: dict[str, list[torch.Tensor | None]] = {}
-        self.recorded_at: dict[str, int] = {}
         self.stats = {"full_passes": 0, "window_passes": 0, "injected_passes": 0, "cached_passes": 0}
 
     # -- state ---------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every record and zero the statistics (a new generation)."""
         self.records.clear()
-        self.recorded_at.clear()
-        self.phase, self.branch = "window", "cond"
         for name in self.stats:
             self.stats[name] = 0
 
     @contextmanager
     def active(self, phase: str, branch: str = "cond") -> Iterator["CrossAttnOverride"]:
-        """Set ``phase`` and ``branch`` for the transformer calls inside the block."""
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        if branch not in BRANCHES:
-            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-        previous = (self.phase, self.branch)
-        self.phase, self.branch = phase, branch
-        try:
+        """``context.call(phase=..., branch=...)`` for the transformer calls inside the block, with both checked."""
+        check_choice("phase", phase, PHASES)
+        check_choice("branch", branch, BRANCHES)
+        with self.context.call(phase=phase, branch=branch):
             yield self
-        finally:
-            self.phase, self.branch = previous
 
     def overrides(self, branch: str) -> bool:
         """Whether the window pass of ``branch`` takes the full branch's cross-attention."""
@@ -90,16 +89,16 @@ class CrossAttnOverride:
 
     # -- what the processors call --------------------------------------------------------------------
     def store(self, layer: int, output: torch.Tensor) -> None:
-        record = self.records.setdefault(self.branch, [None] * self.num_layers)
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        record = self.records.setdefault(self.context.branch, [None] * self.num_layers)
+        check_int("layer", layer, 0, self.num_layers - 1)
         record[layer] = output.detach().to("cpu") if self.offload else output.detach()
 
     def load(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        record = self.records.get(self.branch)
+        branch = self.context.branch
+        record = self.records.get(branch)
         output = None if record is None else record[layer]
         if output is None:
-            raise RuntimeError(f"no recorded cross-attention output for branch {self.branch!r}, layer {layer}: run a full_record pass first")
+            raise RuntimeError(f"no recorded cross-attention output for branch {branch!r}, layer {layer}: run a full_record pass first")
         expected = (like.shape[0], like.shape[1], output.shape[-1])
         if tuple(output.shape) != expected:
             raise RuntimeError(f"recorded cross-attention output of layer {layer} has shape {tuple(output.shape)}, the call needs {expected}")
@@ -111,8 +110,7 @@ class CrossAttnOverride:
 
         The full pass's own prediction is discarded, as in FreeSwim's batch-of-two scheme.
         """
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        check_int("step", step, 0)
         if not self.overrides(branch):
             with self.active("window", branch):
                 self.stats["window_passes"] += 1
@@ -120,7 +118,6 @@ class CrossAttnOverride:
         if self.needs_refresh(step, branch):
             with self.active("full_record", branch):
                 transformer(**kwargs)
-            self.recorded_at[branch] = step
             self.stats["full_passes"] += 1
         else:
             self.stats["cached_passes"] += 1
@@ -136,8 +133,7 @@ class FullAttnProcessor(VideoAttnProcessor):
     """
 
     def __init__(self, scale_factor: float = 1.0, **kwargs: Any) -> None:
-        if isinstance(scale_factor, bool) or not isinstance(scale_factor, (int, float)) or scale_factor <= 0:
-            raise ValueError(f"scale_factor must be a positive float, got {scale_factor!r}")
+        check_number("scale_factor", scale_factor, 0, low_open=True)
         super().__init__(**kwargs)
         self.scale_factor = float(scale_factor)
 
@@ -158,13 +154,27 @@ def freeswim_scale_factor(base_tokens: int) -> float:
 class BranchSelfAttnProcessor:
     """``attn1``: the full processor in the ``full_record`` phase, the window processor otherwise."""
 
+    _attention_backend = None  # read by diffusers' enable_parallelism
+
     def __init__(self, controller: CrossAttnOverride, window: Any, full: Any = None) -> None:
         self.controller = controller
         self.window = window
         self.full = WanAttnProcessor() if full is None else full
 
+    @property
+    def _parallel_config(self) -> Any:
+        """diffusers' context-parallel config, handed on to both branches (Ulysses; see processors/parallel.py)."""
+        return getattr(self.window, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: Any) -> None:
+        for branch in (self.window, self.full):
+            if not hasattr(branch, "_parallel_config"):
+                raise ValueError(f"the window branch {type(branch).__name__} takes no context-parallel config: use a vidattn processor")
+            branch._parallel_config = config
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
-        processor = self.full if self.controller.phase == "full_record" else self.window
+        processor = self.full if self.controller.context.phase == "full_record" else self.window
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
 
 
@@ -177,7 +187,7 @@ class OverrideCrossAttnProcessor:
         self.base = WanAttnProcessor() if base is None else base
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
-        phase = self.controller.phase
+        phase = self.controller.context.phase
         if phase == "window_inject":
             return self.controller.load(self.layer, hidden_states)
         output = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
@@ -223,6 +233,7 @@ def install_cross_override(
     for index, block in enumerate(blocks):
         block.attn1.set_processor(BranchSelfAttnProcessor(controller, windows[index], full))
         block.attn2.set_processor(OverrideCrossAttnProcessor(controller, index))
+    share_parallel_config(transformer)  # under Ulysses: both branches of attn1 take the model's config
     return controller
 
 

@@ -3,11 +3,13 @@
 Training-free: during the first ``steps_fraction`` of denoising steps the F x F temporal attention maps of
 ``up_blocks.1..3`` are pulled toward the ``up_blocks.1`` map (TSG) and their high temporal frequencies are
 amplified (FME). Works on diffusers' ``UNetMotionModel`` (AnimateDiff) and ``UNet3DConditionModel`` (ModelScope).
+Pipeline machinery of :mod:`vidattn.pipelines.broadway` (a UNet controller, not a video attention processor). Its
+UNet hook fills the controller's :class:`~vidattn.context.AttentionContext` (latent grid, step, timestep) once per
+call; the processors read the step from there.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -15,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
+from ..layout import VideoLayout
 
 BROADWAY_HOOK_NAME = "vidattn_broadway"
 DECODER_BLOCKS = (1, 2, 3)
@@ -24,10 +28,6 @@ INTERPOLATION_MODES = ("bilinear", "nearest", "nearest-exact", "area")
 _TEMPORAL_ATTN = re.compile(
     r"^up_blocks\.(\d+)\.(?:motion_modules|temp_attentions)\.(\d+)\.transformer_blocks\.(\d+)\.(attn\d+)\.processor$"
 )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,14 @@ class BroadWayConfig:
     cond_half: bool | None = None
 
     def __post_init__(self) -> None:
-        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
-        if not _is_number(self.beta) or self.beta < 1.0:
-            raise ValueError(f"beta must be a finite number >= 1, got {self.beta!r}")
-        if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 0:
-            raise ValueError(f"tau must be an int >= 0 (and < frames // 2), got {self.tau!r}")
-        if not _is_number(self.steps_fraction) or not 0.0 <= self.steps_fraction <= 1.0:
-            raise ValueError(f"steps_fraction must be a number in [0, 1], got {self.steps_fraction!r}")
-        if self.interpolation not in INTERPOLATION_MODES:
-            raise ValueError(f"interpolation must be one of {INTERPOLATION_MODES}, got {self.interpolation!r}")
-        for name in ("clamp_negative", "adaptive_beta"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.cond_half not in (None, True, False):
-            raise ValueError(f"cond_half must be True, False or None (detect), got {self.cond_half!r}")
+        check_number("alpha", self.alpha, 0, 1)
+        check_number("beta", self.beta, 1)
+        check_int("tau", self.tau, 0, note="and < frames // 2")
+        check_number("steps_fraction", self.steps_fraction, 0, 1)
+        check_choice("interpolation", self.interpolation, INTERPOLATION_MODES)
+        check_bool("clamp_negative", self.clamp_negative)
+        check_bool("adaptive_beta", self.adaptive_beta)
+        check_bool("cond_half", self.cond_half, optional=True, note="None: detect")
 
     @classmethod
     def animatediff(cls, **overrides) -> "BroadWayConfig":
@@ -166,8 +159,9 @@ def spatial_grid(positions: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass
 class BroadWayController:
-    """Per-generation state shared by the BroadWay processors: step gate, batch geometry, up_blocks.1 anchor maps.
+    """Per-generation state shared by the BroadWay processors: step gate, CFG layout, up_blocks.1 anchor maps.
 
+    The per-call grid, step and timestep are ``context``'s (filled by :meth:`begin_call` from the UNet hook).
     ``num_steps`` wins if set; else the number of distinct ``scheduler.timesteps`` at the first call of a
     generation; with neither, a step is active while ``timestep >= (1 - steps_fraction) * num_train_timesteps``.
     ``history`` lists one record per modified map (step, block, key, beta used).
@@ -181,27 +175,31 @@ class BroadWayController:
     history: list = field(default_factory=list, repr=False)
     anchors: dict = field(default_factory=dict, repr=False)
     batch: int = 0
-    latent_hw: tuple[int, int] = (0, 0)
     cond_half: bool = False
     active: bool = False
     _steps_this_run: int | None = None
-    _timestep: float = 0.0
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        """(height, width) of the current call's latent grid (the context's layout)."""
+        layout = self.context.layout
+        return (0, 0) if layout is None else (layout.height, layout.width)
 
     def begin_call(self, sample: torch.Tensor, timestep) -> None:
-        """Called by the UNet hook before every forward: updates step, gate, geometry and CFG layout."""
+        """Called by the UNet hook before every forward: fills the context (grid, step, timestep), then the gate and
+        CFG layout."""
+        if sample.ndim != 5:
+            raise ValueError(f"BroadWay expects a (batch, channels, frames, height, width) UNet sample, got shape {tuple(sample.shape)}")
+        self.config.check_frames(sample.shape[2])
         value = float(timestep.max().item() if torch.is_tensor(timestep) else timestep)
         new_run = self.context.last_timestep is None or value > self.context.last_timestep
         self.context.observe_timestep(value)
+        self.context.layout = VideoLayout(*sample.shape[2:])
         if new_run:
             self.history.clear()
             self._steps_this_run = self._count_steps()
-        self._timestep = value
         self.anchors.clear()
-        if sample.ndim != 5:
-            raise ValueError(f"BroadWay expects a (batch, channels, frames, height, width) UNet sample, got shape {tuple(sample.shape)}")
         self.batch = sample.shape[0]
-        self.latent_hw = (sample.shape[-2], sample.shape[-1])
-        self.config.check_frames(sample.shape[2])
         if self.config.cond_half is None:
             half = self.batch // 2
             self.cond_half = self.batch % 2 == 0 and self.batch > 0 and torch.equal(sample[:half], sample[half:])
@@ -221,7 +219,7 @@ class BroadWayController:
         fraction = self.config.steps_fraction
         if self._steps_this_run is not None:
             return self.context.step < fraction * self._steps_this_run
-        return self._timestep >= (1.0 - fraction) * self.num_train_timesteps
+        return self.context.last_timestep >= (1.0 - fraction) * self.num_train_timesteps
 
     def end_call(self) -> None:
         self.anchors.clear()
@@ -234,7 +232,7 @@ class BroadWayController:
 
 
 class BroadWayHook(ModelHook):
-    """diffusers ModelHook on the UNet feeding the controller the step, batch and latent grid of each call."""
+    """diffusers ModelHook on the UNet: once per call, the controller's context gets the grid, step and timestep."""
 
     _is_stateful = True
 

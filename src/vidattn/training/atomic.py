@@ -1,0 +1,63 @@
+"""Crash-safe file writing: temp name, fsync, rename into place (a reader sees the old file or the new one, never half)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; a no-op where the OS cannot open folders (Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(str(path), flags)
+    except OSError:
+        if Path(path).is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: str | Path) -> Path:
+    """The hidden temp sibling ``.NAME.tmp`` that :func:`write_bytes_atomic` renames onto ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temp file and a rename."""
+    path = Path(path)
+    tmp = temp_name(path)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def write_json_atomic(path: str | Path, value: Any, indent: int | None = 1) -> None:
+    """:func:`write_bytes_atomic` of ``value`` as JSON."""
+    write_bytes_atomic(path, json.dumps(value, indent=indent).encode())
+
+
+def replace_synced(tmp: str | Path, path: str | Path) -> None:
+    """fsync the finished file ``tmp``, then rename it onto ``path`` and sync the folder entry."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(Path(path).parent)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
