@@ -157,8 +157,10 @@ def test_auto_rule():
     q = torch.randn(1, 1, 32, 8, requires_grad=True)
     assert resolve_backend("auto", q, plain) == "segments"  # CPU training
     assert resolve_backend("auto", q, masked) == "gather"
+    assert resolve_backend("auto", q.detach().bfloat16().requires_grad_(), plain) == "segments"  # bf16 training
     with torch.no_grad():
         assert resolve_backend("auto", q, plain) == "segments"  # CPU f32 inference
+        assert resolve_backend("auto", q.bfloat16(), plain) == "flex"  # CPU bf16 inference: flex measured faster
         assert resolve_backend("auto", q, masked) == "flex"
 
 

@@ -22,16 +22,17 @@ BACKENDS = ("auto", "flex", "gather", "segments", "dense")
 
 
 def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None) -> str:
-    """``auto``: on the CPU, ``segments`` for plans without a token mask (measured fastest, forward and backward;
-    docs/benchmarks.md); otherwise FlexAttention, except where it has no backward (CPU training) -> gather.
-    Without ``plan`` a token mask is assumed possible."""
+    """``auto``: on the CPU, ``segments`` for plans without a token mask (measured fastest for training and f32
+    inference; bf16 inference stays on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no
+    backward (CPU training) -> gather. Without ``plan`` a token mask is assumed possible."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if query.device.type == "cpu" and plan is not None and plan.token_mask is None:
+    training = torch.is_grad_enabled() and query.requires_grad
+    if query.device.type == "cpu" and plan is not None and plan.token_mask is None and (training or query.dtype != torch.bfloat16):
         return "segments"
-    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+    if query.device.type == "cpu" and training:
         return "gather"
     return "flex"
 
