@@ -1,4 +1,13 @@
-"""Kernels: compute attention for a BlockPlan (FlexAttention, pure-PyTorch gather, dense SDPA reference)."""
+"""Kernels: compute attention for a BlockPlan (FlexAttention, pure-PyTorch gather, CPU segments, dense SDPA reference).
+
+``backend="auto"`` (``resolve_backend``), from measurements at radial 21x30x52, 2 heads x 128 (docs/benchmarks.md):
+* CPU, plan without a token mask, training (any dtype) or inference in f32 (any dtype but bf16) -> ``segments``. Two threads, load ~1.5:
+  forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x, bf16 1.12x; one thread, CPU time: forward f32
+  2.55x (flex 1.43x), backward f32 2.27x, bf16 1.36x (flex has no CPU backward; gather's keeps GBs of scores).
+* CPU bf16 inference -> ``flex``: 2.11x vs segments 1.81x with two threads (a tie with one: 1.71x / 1.74x).
+* CPU, plan with a token mask (VMoBA, token-level windows) -> ``gather`` when training, else ``flex``.
+* other devices -> ``flex`` (``segments`` is CPU only).
+"""
 
 from .block_sparse import BACKENDS, block_sparse_attention, plan_token_mask, resolve_backend
 from .flex import FlexRecompileLimitError

@@ -1,7 +1,9 @@
-"""Block-sparse attention for a BlockPlan with three interchangeable backends.
+"""Block-sparse attention for a BlockPlan with four interchangeable backends.
 
 * ``flex``   FlexAttention with a ``BlockMask`` built by ``from_kv_blocks`` (never an N x N evaluation; see flex.py).
 * ``gather`` differentiable pure PyTorch: gathers each query tile's key tiles; runs and trains anywhere.
+* ``segments`` CPU, plans without a token mask: fused SDPA on views of the plan's rectangles and diagonal strips,
+  merged by log-sum-exp (kernels/segments.py); realises the sparsity forward and backward.
 * ``dense``  SDPA with the explicit token-level boolean mask: the exact reference.
 """
 
@@ -14,17 +16,23 @@ import torch.nn.functional as F
 
 from ..patterns.plan import BlockPlan
 from .flex import flex_plan_attention, sorted_indices
+from .segments import segment_attention
 
-BACKENDS = ("auto", "flex", "gather", "dense")
+BACKENDS = ("auto", "flex", "gather", "segments", "dense")
 
 
-def resolve_backend(backend: str, query: torch.Tensor) -> str:
-    """``auto`` -> FlexAttention, except where it has no backward (CPU training) -> gather."""
+def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None) -> str:
+    """``auto``: on the CPU, ``segments`` for plans without a token mask (measured fastest for training and f32
+    inference; bf16 inference stays on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no
+    backward (CPU training) -> gather. Without ``plan`` a token mask is assumed possible."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+    training = torch.is_grad_enabled() and query.requires_grad
+    if query.device.type == "cpu" and plan is not None and plan.token_mask is None and (training or query.dtype != torch.bfloat16):
+        return "segments"
+    if query.device.type == "cpu" and training:
         return "gather"
     return "flex"
 
@@ -46,9 +54,11 @@ def block_sparse_attention(
     if query.shape[-2] != plan.seq_len or key.shape[-2] != plan.seq_len:
         raise ValueError(f"plan is for {plan.seq_len} tokens, got query {query.shape[-2]} and key {key.shape[-2]}")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    backend = resolve_backend(backend, query)
+    backend = resolve_backend(backend, query, plan)
     if backend == "flex":
         return flex_plan_attention(query, key, value, plan, key_valid, scale)
+    if backend == "segments":
+        return segment_attention(query, key, value, plan, key_valid, scale)
     if backend == "gather":
         return _gather(query, key, value, plan, key_valid, scale, gather_chunk)
     mask = dense_token_mask(plan, key_valid, query.device)

@@ -1,0 +1,341 @@
+"""Block-sparse attention that realises the sparsity on the CPU: fused SDPA on views, merged by log-sum-exp.
+
+The plan's tiles are covered by rectangles (a query slice against a key slice: one fused SDPA call) and
+diagonal strips (query tile r against key tiles [r + c, r + c + w): one batched call whose key windows are
+overlapping strided views, no copies); the few tiles left over are gathered and run batched. Each piece
+returns its output and log-sum-exp from ``aten._scaled_dot_product_flash_attention_for_cpu``; pieces are merged
+online into an f32 accumulator. The backward pass calls the fused backward per piece with the merged output and
+log-sum-exp, which gives each piece its exact share of the gradient. Plans with a ``token_mask`` are refused
+(their tiles are not all-or-nothing): run them on ``flex``, ``gather`` or ``dense``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..patterns.plan import BlockPlan
+from .segment_plan import SegmentPlan, segment_plan
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+# Segment plans kept per BlockPlan (one per distinct tile matrix and key-validity pattern).
+_MEMO_LIMIT = 32
+# A piece whose log-sum-exp exceeds a row's running reference by more than this rescales the row.
+_RESCALE_MARGIN = 20.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One group of batch elements and heads sharing a tile matrix and key validity."""
+
+    batch: tuple[int, int]
+    heads: tuple[int, int]
+    pieces: SegmentPlan
+    valid_runs: tuple[tuple[int, int], ...]  # runs of valid key tokens
+
+
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: BlockPlan, key_valid: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention of (B, H, N, D) tensors restricted to ``plan`` (no token mask); differentiable."""
+    if plan.token_mask is not None:
+        raise ValueError("backend='segments' needs a plan without token_mask (tiles all-or-nothing); use 'flex', 'gather' or 'dense'")
+    if query.device.type != "cpu":
+        raise ValueError(f"backend='segments' runs on the CPU only, got device {query.device}")
+    if query.shape[-2] == 0:
+        return query.clone()
+    jobs = _jobs(plan, key_valid, query.shape[0], query.shape[1])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        return _SegmentAttention.apply(query, key, value, jobs, plan.block_size, scale)
+    return _forward(query, key, value, jobs, plan.block_size, scale)[0]
+
+
+class _SegmentAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, jobs, block, scale):
+        out, lse = _forward(query, key, value, jobs, block, scale)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.jobs, ctx.block, ctx.scale = jobs, block, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        grads = _backward(grad_out, query, key, value, out, lse, ctx.jobs, ctx.block, ctx.scale)
+        return (*grads, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def _jobs(plan: BlockPlan, key_valid: torch.Tensor | None, batch: int, heads: int) -> tuple[_Job, ...]:
+    tiles = plan.tiles.cpu()
+    n, bs = plan.seq_len, plan.block_size
+    valid = None if key_valid is None else key_valid.to("cpu", torch.bool)
+    if valid is not None and (valid.ndim != 2 or valid.shape[-1] != n or valid.shape[0] not in (1, batch)):
+        raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(valid.shape)}")
+    if plan.real_keys is not None:  # padding inside the sequence is never attended
+        real = plan.real_keys.to("cpu").view(1, n)
+        valid = real if valid is None else valid & real
+    if valid is not None and bool(valid.all()):
+        valid = None
+    tb, th = tiles.shape[0], tiles.shape[1]
+    if tb not in (1, batch) or th not in (1, heads):
+        raise ValueError(f"plan tiles {tuple(tiles.shape)} do not broadcast to batch {batch} x heads {heads}")
+
+    def batch_key(b: int) -> tuple:
+        rows = b if tb > 1 else 0
+        v = None if valid is None else (b if valid.shape[0] > 1 else 0)
+        return (rows, None if v is None else valid[v].numpy().tobytes())
+
+    head_groups = _ranges([tiles[0, h].numpy().tobytes() for h in range(th)]) if th > 1 else [(0, heads)]
+    batch_keys = [batch_key(b) for b in range(batch)]
+    batch_groups = _ranges(batch_keys) if (tb > 1 or (valid is not None and valid.shape[0] > 1)) else [(0, batch)]
+    memo = plan.memo.setdefault("segments", {})
+    jobs = []
+    for b0, b1 in batch_groups:
+        tb_idx = b0 if tb > 1 else 0
+        vrow = None if valid is None else valid[b0 if valid.shape[0] > 1 else 0]
+        runs = ((0, n),) if vrow is None else _true_runs(vrow.numpy())
+        clean = _clean_tiles(vrow, n, bs, plan.num_blocks)
+        for h0, h1 in head_groups:
+            th_idx = h0 if th > 1 else 0
+            memo_key = (tb_idx, th_idx, hashlib.sha1(clean.tobytes()).hexdigest())
+            pieces = memo.get(memo_key)
+            if pieces is None:
+                pieces = segment_plan(tiles[tb_idx, th_idx].numpy(), n // bs, clean)
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.pop(next(iter(memo)))
+                memo[memo_key] = pieces
+            jobs.append(_Job((b0, b1), (h0, h1), pieces, runs))
+    return tuple(jobs)
+
+
+def _ranges(keys: list) -> list[tuple[int, int]]:
+    """Consecutive runs of equal keys as half-open index ranges."""
+    out: list[tuple[int, int]] = []
+    for i, k in enumerate(keys):
+        if out and keys[out[-1][0]] == k:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+def _true_runs(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    padded = np.concatenate(([False], mask, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return tuple(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def _clean_tiles(valid: torch.Tensor | None, n: int, bs: int, blocks: int) -> np.ndarray:
+    """(Kb,) key tiles that are whole and hold only valid keys (a strip window may use them)."""
+    clean = np.zeros(blocks, dtype=bool)
+    whole = n // bs
+    clean[:whole] = True
+    if valid is not None:
+        clean[:whole] &= valid[: whole * bs].view(whole, bs).all(-1).numpy()
+    return clean
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+class _Merger:
+    """Online log-sum-exp merge of normalised piece outputs into an f32 accumulator.
+
+    Pieces come in chunks of a few query tiles, so that a chunk's output and the accumulator rows it updates stay
+    in cache (fresh multi-MB outputs cost page faults, and reduced-precision outputs are widened through a reused
+    f32 buffer, which is faster than a mixed-dtype ``addcmul``).
+    """
+
+    def __init__(self, shape, device, dtype=torch.float32):
+        self.acc = torch.zeros(shape, dtype=dtype, device=device)
+        self.ref = torch.full(shape[:-1], float("-inf"), dtype=dtype, device=device)
+        self.weight = torch.zeros(shape[:-1], dtype=dtype, device=device)
+        self._buffer = torch.empty(0, dtype=dtype, device=device)
+
+    def merge(self, acc, ref, weight, out, lse) -> None:
+        """acc/ref/weight: views of the rows ``out``/``lse`` belong to; updated in place."""
+        if out.dtype != self.acc.dtype:
+            if self._buffer.numel() < out.numel():
+                self._buffer = torch.empty(out.numel(), dtype=self.acc.dtype, device=out.device)
+            out = self._buffer[: out.numel()].view(out.shape).copy_(out)
+        shift = lse - ref  # +inf on rows no piece has reached yet
+        if bool(shift.max() > _RESCALE_MARGIN):
+            new_ref = torch.maximum(ref, lse)
+            factor = torch.exp(ref - new_ref)
+            acc.mul_(factor.unsqueeze(-1))
+            weight.mul_(factor)
+            ref.copy_(new_ref)
+            shift = lse - ref
+        w = shift.exp_()
+        acc.addcmul_(out, w.unsqueeze(-1))
+        weight.add_(w)
+
+    def finish(self, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = torch.where(self.weight > 0, 1.0 / self.weight, 0.0)
+        out = (self.acc.mul_(inv.unsqueeze(-1))).to(dtype)
+        lse = self.ref + torch.log(self.weight)  # -inf on rows with no key
+        return out, lse
+
+
+# Query tiles per call: rectangles keep >= 768 queries (the fused kernel's large-block regime), strips stay small
+# enough for their output and accumulator rows to fit in cache.
+RECT_CHUNK_TILES = 16
+STRIP_CHUNK_TILES = 16
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Merges and gradient sums run in f32, or f64 for f64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _chunks(start: int, stop: int, size: int):
+    """Split [start, stop) into near-equal parts of at most ``size``."""
+    parts = -(-(stop - start) // size)
+    for i in range(parts):
+        yield start + (stop - start) * i // parts, start + (stop - start) * (i + 1) // parts
+
+
+def _tile_view(x: torch.Tensor, start_tile: int, count: int, width: int, bs: int) -> torch.Tensor:
+    """(H, count, width*bs, D) view of x (H, N, D): window i holds tokens [(start_tile+i)*bs, (start_tile+i+width)*bs)."""
+    h, _, d = x.shape
+    sh, sn, sd = x.stride()
+    return x.as_strided((h, count, width * bs, d), (sh, bs * sn, sn, sd), x.storage_offset() + start_tile * bs * sn)
+
+
+def _rect_calls(job: _Job, bs: int, n: int):
+    """(query range, key range) token pairs of the job's rectangles (rows chunked, keys split into valid runs)."""
+    for r0, r1, c0, c1 in job.pieces.rects:
+        ks, ke = c0 * bs, min(c1 * bs, n)
+        for vs, ve in job.valid_runs:
+            lo, hi = max(ks, vs), min(ke, ve)
+            if lo < hi:
+                for q0, q1 in _chunks(r0, r1, RECT_CHUNK_TILES):
+                    yield (q0 * bs, min(q1 * bs, n)), (lo, hi)
+
+
+def _strip_calls(job: _Job):
+    """(first query tile, tiles, key offset, width) of the job's strips, chunked."""
+    for r0, r1, c, w in job.pieces.strips:
+        for s0, s1 in _chunks(r0, r1, STRIP_CHUNK_TILES):
+            yield s0, s1 - s0, c, w
+
+
+def _single_batches(job: _Job):
+    """Gathered calls for the job's single-row pieces: (width, row tiles, first key tiles), rows unique per call."""
+    by_width: dict[int, list[list[tuple[int, int]]]] = {}
+    for r, c0, w in job.pieces.singles:
+        rounds = by_width.setdefault(w, [])
+        for batch in rounds:
+            if all(r != row for row, _ in batch):
+                batch.append((r, c0))
+                break
+        else:
+            rounds.append([(r, c0)])
+    for w, rounds in sorted(by_width.items()):
+        for batch in rounds:
+            rows, starts = zip(*batch)
+            yield w, torch.tensor(rows), torch.tensor(starts)
+
+
+def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torch.Tensor:
+    """(H, P, width*bs, D) copy of x (H, N, D): the windows of ``width`` tiles starting at tiles ``index``."""
+    tiles = _tile_view(x, 0, x.shape[1] // bs, 1, bs)
+    picked = tiles[:, index.unsqueeze(1) + torch.arange(width)]  # (H, P, width, bs, D), only the picked tiles
+    return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
+
+
+def _forward(query, key, value, jobs, bs: int, scale: float):
+    batch, heads, n, dim = query.shape
+    merger = _Merger((batch, heads, n, dim), query.device, _accumulate_dtype(query.dtype))
+    for job in jobs:
+        (b0, b1), (h0, h1) = job.batch, job.heads
+        q, k, v = (x[b0:b1, h0:h1] for x in (query, key, value))
+        acc, ref, wsum = (x[b0:b1, h0:h1] for x in (merger.acc, merger.ref, merger.weight))
+        for (qs, qe), (ks, ke) in _rect_calls(job, bs, n):
+            out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
+            merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+        hh = h1 - h0
+        for b in range(b0, b1):
+            for r0, t, c, w in _strip_calls(job):
+                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
+                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
+                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
+                out, lse = _flash(qv, kv, vv, scale=scale)[:2]
+                rows = slice(r0 * bs, (r0 + t) * bs)
+                merger.merge(
+                    merger.acc[b, h0:h1, rows].view(hh, t, bs, dim),
+                    merger.ref[b, h0:h1, rows].view(hh, t, bs),
+                    merger.weight[b, h0:h1, rows].view(hh, t, bs),
+                    out,
+                    lse,
+                )
+            whole = n // bs
+            acc_t = merger.acc[b, h0:h1, : whole * bs].view(hh, whole, bs, dim)
+            ref_t = merger.ref[b, h0:h1, : whole * bs].view(hh, whole, bs)
+            wsum_t = merger.weight[b, h0:h1, : whole * bs].view(hh, whole, bs)
+            for w, rows, starts in _single_batches(job):
+                qg = _gathered(query[b, h0:h1], rows, 1, bs)
+                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+                out, lse = _flash(qg, kg, vg, scale=scale)[:2]
+                acc_g, ref_g, wsum_g = acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows]
+                merger.merge(acc_g, ref_g, wsum_g, out, lse)
+                acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows] = acc_g, ref_g, wsum_g
+    return merger.finish(query.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- backward
+
+
+def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float):
+    batch, heads, n, dim = query.shape
+    dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=_accumulate_dtype(query.dtype), device=query.device) for _ in range(3))
+    grad_out = grad_out.to(query.dtype)
+    for job in jobs:
+        (b0, b1), (h0, h1) = job.batch, job.heads
+        sel = (slice(b0, b1), slice(h0, h1))
+        q, k, v, o, g, l = query[sel], key[sel], value[sel], out[sel], grad_out[sel], lse[sel]
+        for (qs, qe), (ks, ke) in _rect_calls(job, bs, n):
+            gq, gk, gv = _flash_backward(
+                g[:, :, qs:qe], q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], o[:, :, qs:qe], l[:, :, qs:qe], 0.0, False, scale=scale
+            )
+            dq[sel][:, :, qs:qe] += gq
+            dk[sel][:, :, ks:ke] += gk
+            dv[sel][:, :, ks:ke] += gv
+        for b in range(b0, b1):
+            hh = h1 - h0
+            for r0, t, c, w in _strip_calls(job):
+                r1 = r0 + t
+                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
+                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
+                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
+                gv_ = _tile_view(grad_out[b, h0:h1], r0, t, 1, bs)
+                ov = _tile_view(out[b, h0:h1], r0, t, 1, bs)
+                lv = lse[b, h0:h1, r0 * bs : r1 * bs].reshape(hh, t, bs)
+                gq, gk, gvv = _flash_backward(gv_, qv, kv, vv, ov, lv, 0.0, False, scale=scale)
+                dq[b, h0:h1, r0 * bs : r1 * bs] += gq.reshape(hh, t * bs, dim)
+                gk = gk.view(hh, t, w, bs, dim)
+                gvv = gvv.view(hh, t, w, bs, dim)
+                for o_ in range(w):
+                    first = (r0 + c + o_) * bs
+                    dk[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gk[:, :, o_])
+                    dv[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gvv[:, :, o_])
+            whole = n // bs
+            dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
+            for w, rows, starts in _single_batches(job):
+                qg, gg, og = (_gathered(x[b, h0:h1], rows, 1, bs) for x in (query, grad_out, out))
+                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+                lg = lse[b, h0:h1, : whole * bs].view(hh, whole, bs)[:, rows]
+                gq, gk, gvv = _flash_backward(gg, qg, kg, vg, og, lg, 0.0, False, scale=scale)
+                dq_t.index_add_(1, rows, gq.to(dq.dtype))
+                gk, gvv = gk.to(dq.dtype).view(hh, -1, w, bs, dim), gvv.to(dq.dtype).view(hh, -1, w, bs, dim)
+                for o_ in range(w):
+                    dk_t.index_add_(1, starts + o_, gk[:, :, o_])
+                    dv_t.index_add_(1, starts + o_, gvv[:, :, o_])
+    return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
