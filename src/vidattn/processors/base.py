@@ -148,7 +148,7 @@ class VideoAttnProcessor:
         observed = self.context.layout if self.context is not None else None
         if layout is not None and observed is not None and layout.grid != observed.grid:
             raise ValueError(f"layout={layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
-        if layout is not None and observed is None and getattr(self, "_parallel_config", None) is None:
+        if layout is not None and observed is None and self._parallel_config is None:
             from_rope = layout_from_rope(rope, family)  # (under context parallelism the RoPE table is a shard's: not comparable)
             if from_rope is not None and from_rope.grid != layout.grid:
                 raise ValueError(f"layout={layout} disagrees with the grid {from_rope} read off the model's RoPE table")
