@@ -57,15 +57,13 @@ def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: boo
 def check_method(method: str, args) -> dict:
     """The method's settings, built once as its config (which validates the values) before any model is loaded;
     warns when the dense warm-up covers every step."""
-    from ..processors.registry import METHODS
+    from ..processors.registry import make_config
 
     params = method_params(method, args)
-    config = METHODS[method].config
-    if config is not None:
-        try:
-            config(**params)
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"--param: {error}") from None
+    try:
+        make_config(method, **params)
+    except ValueError as error:
+        raise UsageError(f"--param: {error}") from None
     dense = params.get("dense_steps", 0)
     if isinstance(dense, int) and dense >= args.steps:
         warn(f"--param dense_steps={dense} >= --steps {args.steps}: every step runs dense attention and {method} is "
@@ -342,9 +340,10 @@ def _demo_attention_bench(args) -> None:
     params = method_params(args.method, args, tiny_grid=False, warm_up=False)
     warm_up = ("dense_steps", "dense_layers")  # no steps or layers when timing attention alone
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
-    print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128, density {proc.density(*synthetic_qkv(layout, 1, 8)[:2], layout, 'wan'):.2f}):")
+    qkv = synthetic_qkv(layout, heads=2, head_dim=128)
+    print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128, density {proc.density(*qkv[:2], layout, 'wan'):.2f}):")
     for dtype in (torch.bfloat16, torch.float32):  # bf16 is what GPUs run; f32 is this CPU's slow path for sparse kernels
-        q, k, v = (x.to(dtype) for x in synthetic_qkv(layout, heads=2, head_dim=128))
+        q, k, v = (x.to(dtype) for x in qkv)
         with torch.no_grad():
             dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
             sparse, _ = best_time(lambda: proc.attend(q, k, v, layout, None, "wan"), 1, torch.device("cpu"))

@@ -139,21 +139,24 @@ class VideoAttnProcessor:
             return True
         return self.context is not None and self.context.step < self.dense_steps
 
-    def resolve_layout(self, family: str, rope: Any, video_tokens: int) -> VideoLayout:
-        """The video grid: explicit ``layout=``, else the transformer hook's, else read off the RoPE table.
+    def known_layout(self) -> VideoLayout | None:
+        """The grid given explicitly (``layout=``) or recorded by the transformer hook, None if neither.
 
         An explicit ``layout=`` that disagrees with the grid the hook recorded is an error, not a silently wrong mask.
         """
-        layout = self.layout
         observed = self.context.layout if self.context is not None else None
-        if layout is not None and observed is not None and layout.grid != observed.grid:
-            raise ValueError(f"layout={layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
-        if layout is not None and observed is None and self._parallel_config is None:
+        if self.layout is not None and observed is not None and self.layout.grid != observed.grid:
+            raise ValueError(f"layout={self.layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
+        return self.layout if self.layout is not None else observed
+
+    def resolve_layout(self, family: str, rope: Any, video_tokens: int) -> VideoLayout:
+        """The video grid: :meth:`known_layout`, else read off the RoPE table (an explicit layout is checked against it)."""
+        layout = self.known_layout()
+        from_hook = self.context is not None and self.context.layout is not None
+        if self.layout is not None and not from_hook and self._parallel_config is None:
             from_rope = layout_from_rope(rope, family)  # (under context parallelism the RoPE table is a shard's: not comparable)
             if from_rope is not None and from_rope.grid != layout.grid:
                 raise ValueError(f"layout={layout} disagrees with the grid {from_rope} read off the model's RoPE table")
-        if layout is None:
-            layout = observed
         if layout is None:
             if family in SHARD_CHECKED_ROPE:
                 refuse_sharded_rope(rope)

@@ -109,12 +109,7 @@ def global_layout(processor: Any, family: str, video_tokens: int) -> VideoLayout
 
     The RoPE table a processor receives under context parallelism describes this rank's shard only.
     """
-    layout = processor.layout
-    observed = processor.context.layout if processor.context is not None else None
-    if layout is not None and observed is not None and layout.grid != observed.grid:
-        raise ValueError(f"layout={layout} disagrees with the transformer's latent grid {observed}: drop layout= or fix it")
-    if layout is None:
-        layout = observed
+    layout = processor.known_layout()
     if layout is None:
         raise ValueError(
             f"under context parallelism the video grid of this {family} call cannot be read off the RoPE (it describes "

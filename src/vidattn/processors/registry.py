@@ -124,12 +124,18 @@ def install(target, config: MethodConfig) -> AttentionContext | None:
     )
 
 
-def apply_method(target, method: str, **fields) -> AttentionContext | None:
-    """Install ``method`` (a registered name) with ``config_fields`` on a transformer or pipeline; ``"dense"``
-    restores the stock processors. ``vidattn.apply(pipe, "radial", decay=0.2)`` is the same call."""
+def make_config(method: str, owner: str | None = None, **fields) -> MethodConfig:
+    """``method``'s config built from ``fields``: unknown names and bad values are one ``ValueError`` (``owner`` names
+    where the fields came from in the message, e.g. ``"radial method_args"``)."""
     entry = get_method(method)
-    check_fields(entry.config, fields, f"{method} parameter")
-    return install(target, entry.config(**fields))
+    check_fields(entry.config, fields, owner or f"{method} parameter")
+    return entry.config(**fields)
+
+
+def apply_method(target, method: str, **fields) -> AttentionContext | None:
+    """Install ``method`` (a registered name) with ``fields`` of its config on a transformer or pipeline; ``"dense"``
+    restores the stock processors. ``vidattn.apply(pipe, "radial", decay=0.2)`` is the same call."""
+    return install(target, make_config(method, **fields))
 
 
 def apply(target, method: str | MethodConfig, **fields) -> AttentionContext | None:

@@ -89,17 +89,14 @@ class TrainConfig:
             raise ValueError(f"method_args must be a mapping of the method's config fields, got {self.method_args!r}")
         if "dense_steps" in self.method_args:
             raise ValueError("method_args.dense_steps is an inference setting (training samples noise levels at random); use dense_layers")
-        if self.method != "none":  # the method's own checks, before any model is loaded
-            from ..processors.registry import get_method
-
-            from ..processors.config import check_fields
-
-            config_class = get_method(self.method).config
-            check_fields(config_class, self.method_args, f"{self.method} method_args")
-            if "dense_layers" not in self.method_args:
-                config_class(**self.method_args)
+        if "dense_layers" in self.method_args:
+            raise ValueError("set dense_layers at the top level of the training config, not method_args.dense_layers")
         _positive_int(self, "lora_rank", "max_train_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every")
         _nonneg_int(self, "dense_layers", "lr_warmup_steps", "seed")
+        if self.method != "none":  # the method's own checks, before any model is loaded
+            from ..processors.registry import make_config
+
+            make_config(self.method, f"{self.method} method_args", **self.method_args, dense_layers=self.dense_layers)
         for name in ("checkpoints_total_limit", "max_steps_per_run"):
             if getattr(self, name) is not None:
                 _positive_int(self, name)
