@@ -7,11 +7,11 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-import imageio
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gray_clips import gray_video
 from tiny_models import tiny_wan, wan_inputs
 
 import vidattn
@@ -160,10 +160,7 @@ def test_toy_through_lora_training(toy, tmp_path):
     build_default_pipeline().save_pretrained(str(model))
     clips = tmp_path / "clips"
     clips.mkdir()
-    writer = imageio.get_writer(str(clips / "a.mp4"), fps=8, codec="libx264", macro_block_size=1, quality=10)
-    for i in range(9):
-        writer.append_data(np.full((64, 64, 3), 20 * i, dtype=np.uint8))
-    writer.close()
+    gray_video(clips / "a.mp4", 9, 64, 64, first=0, step=20)
     (tmp_path / "captions.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a red circle moving left"}))
     prepare_data(clips, tmp_path / "captions.jsonl", str(model), tmp_path / "cache", num_frames=9, height=64, width=64, buckets=[(64, 64)], max_sequence_length=8)
     threads = torch.get_num_threads()

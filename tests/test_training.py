@@ -8,12 +8,13 @@ import socket
 import warnings
 from pathlib import Path
 
-import imageio
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from safetensors.torch import load_file
+
+from gray_clips import gray_video
 
 from vidattn.layout import VideoLayout
 from vidattn.pipelines.default_model import build_default_pipeline
@@ -26,21 +27,7 @@ from vidattn.training.train_lora import add_lora, install_method, load_transform
 TEXT_LEN = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: thread start-up and spin-waits cost more than the math (10x on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gray_video(path: Path, frames: int, height: int, width: int) -> None:
-    """Frame i is a flat gray of value 15 i + 10, so decoded pixels are predictable through the codec."""
-    writer = imageio.get_writer(str(path), fps=8, codec="libx264", macro_block_size=1, quality=10)
-    for i in range(frames):
-        writer.append_data(np.full((height, width, 3), 15 * i + 10, dtype=np.uint8))
-    writer.close()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +201,10 @@ def test_config_errors(workspace, tmp_path, capsys):
         tiny_config(workspace, tmp_path, mixed_precision="fp8")
     with pytest.raises(ValueError, match="missing required key"):
         TrainConfig.from_dict({"model": "default"})
+    with pytest.raises(ValueError, match="set dense_layers at the top level"):  # caught in the config, before any model loads
+        tiny_config(workspace, tmp_path, method="radial", method_args={"dense_layers": 1})
+    with pytest.raises(ValueError, match="decay must be a number > 0"):
+        tiny_config(workspace, tmp_path, method="radial", method_args={"decay": -1})
     config = tmp_path / "c.yaml"
     config.write_text(f"model: {workspace['model']}\ndata: {workspace['cache']}\noutput_dir: {tmp_path}\nmethod: nope\n")
     assert main(["--config", str(config)]) == 2

@@ -18,11 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import imageio
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from gray_clips import gray_video
 
 from vidattn.cli.main import main as cli_main
 from vidattn.training.cache import CachedLatentDataset, prepare_data
@@ -137,25 +138,13 @@ def server(tmp_path_factory):
         forks.close()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gray_video(path: Path, frames: int, size: int, base: int) -> None:
-    writer = imageio.get_writer(str(path), fps=8, codec="libx264", macro_block_size=1, quality=10)
-    for i in range(frames):
-        writer.append_data(np.full((size, size, 3), base + 20 * i, dtype=np.uint8))
-    writer.close()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_clips(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        gray_video(folder / f"v{i}.mp4", 6, 32, 10 + 30 * i)
+        gray_video(folder / f"v{i}.mp4", 6, 32, 32, first=10 + 30 * i, step=20)
         (folder / f"v{i}.txt").write_text(f"a red circle moving {'left right up down'.split()[i % 4]}")
     return folder
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import imageio
-import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
+from gray_clips import gray_video
 
 from vidattn.flow_matching import sample_sigmas
 from vidattn.pipelines.default_model import build_default_pipeline
@@ -39,10 +38,7 @@ def two_experts(tmp_path_factory):
                        transformer_2=build_default_pipeline(seed=1).transformer, boundary_ratio=0.875)
     pipe.save_pretrained(str(root / "model"))
     (root / "clips").mkdir()
-    writer = imageio.get_writer(str(root / "clips" / "a.mp4"), fps=8, codec="libx264", macro_block_size=1, quality=10)
-    for i in range(9):
-        writer.append_data(np.full((64, 64, 3), 20 * i, dtype=np.uint8))
-    writer.close()
+    gray_video(root / "clips" / "a.mp4", 9, 64, 64, first=0, step=20)
     (root / "captions.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a red circle moving left"}))
     prepare_data(root / "clips", root / "captions.jsonl", str(root / "model"), root / "cache", num_frames=9, height=64, width=64,
                  buckets=[(64, 64)], max_sequence_length=8)
