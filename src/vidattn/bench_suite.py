@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_text_atomic
 from .benchmarking import best_time, synthetic_qkv
 from .layout import VideoLayout
 from .processors.registry import METHODS, apply_method, get_method, make_processor
@@ -224,16 +225,10 @@ def run_suite(name: str, out: str | Path, methods: list[str] | None = None, devi
     if end_to_end:
         progress(f"[{name}] end to end: WanTransformer3DModel {suite.transformer['num_layers']} layers, {suite.steps} steps ...")
         report.end_to_end = time_end_to_end(suite, methods, device_)
-    _write_atomic(out / "bench.json", json.dumps({**asdict(report), "attention": [asdict(r) for r in report.attention]}, indent=1, default=_json_default))
-    _write_atomic(out / "bench.md", report.to_markdown())
+    write_text_atomic(out / "bench.json", json.dumps({**asdict(report), "attention": [asdict(r) for r in report.attention]}, indent=1, default=_json_default))
+    write_text_atomic(out / "bench.md", report.to_markdown())
     return report
 
 
 def _json_default(value):
     return None if isinstance(value, float) and not math.isfinite(value) else str(value)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .atomic import write_text_atomic
 from .latents import denormalise_latents, latent_stats
 from .data.shapes import DIRECTIONS, SHAPE_COLORS, SHAPES, make_caption
 from .metrics.fidelity import psnr, ssim
@@ -149,13 +149,6 @@ class EvalReport:
             lines += ["", f"**{method} FAILED**: {why}."]
         lines += ["", "![metrics](metrics.png)", ""] + [f"![{r.method}](strip_{r.method}.png)" for r in self.results]
         return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary name renamed into place (a reader never sees half a report)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _strip(videos: list[np.ndarray], count: int = 6, scale: int = 2) -> np.ndarray:
@@ -307,8 +300,8 @@ def evaluate(
         if plot:
             _plot(results, out / "metrics.png")
             report.files.append(str(out / "metrics.png"))
-        _write_text(out / "report.md", report.to_markdown())
+        write_text_atomic(out / "report.md", report.to_markdown())
         rows = [{**dataclasses.asdict(r), "failure": r.failure} for r in results]
-        _write_text(out / "results.json", json.dumps(rows, indent=1, default=str))
+        write_text_atomic(out / "results.json", json.dumps(rows, indent=1, default=str))
         report.files += [str(out / "report.md"), str(out / "results.json")]
     return report

@@ -3,12 +3,12 @@ legend; a partition of the video grid as coloured frames. Drawn with matplotlib 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import replace_synced, temp_name
 from ..layout import VideoLayout
 from ..patterns.plan import BlockPlan
 
@@ -123,10 +123,10 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_name(path)
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

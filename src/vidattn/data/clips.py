@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replace_synced, write_text_atomic
 from .shapes import ShapesDataset
 
 # Lossless FFV1 in Matroska: mp4/h264 would smear the flat colours, and GIF (Pillow) merges identical frames.
@@ -25,7 +25,7 @@ def write_clip(frames: np.ndarray, path: Path, fps: int = 8) -> None:
             writer.append_data(frame)
     finally:
         writer.close()
-    os.replace(tmp, path)
+    replace_synced(tmp, path)
 
 
 def write_shape_clips(folder: str | Path, dataset: ShapesDataset, progress: bool = False) -> Path:
@@ -43,7 +43,5 @@ def write_shape_clips(folder: str | Path, dataset: ShapesDataset, progress: bool
         (folder / f"clip{i:04d}.txt").write_text(sample.caption + "\n")
         lines.append(json.dumps({"video": name, "caption": sample.caption}))
     captions = folder / "captions.jsonl"
-    tmp = folder / ".captions.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, captions)
+    write_text_atomic(captions, "\n".join(lines) + "\n")
     return captions

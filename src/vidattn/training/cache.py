@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from ..latents import latent_stats, normalise_latents
 from ..layout import parse_dims
-from .atomic import file_sha256, replace_synced, temp_name, write_json_atomic
+from ..atomic import file_sha256, replace_synced, temp_name, write_json_atomic
 from .cache_check import CACHE_VERSION, check_header, header_problem, load_clip, read_index, verify_cache
 from .dataset import VideoClipDataset, find_videos, load_captions
 from .killpoints import KillPoints

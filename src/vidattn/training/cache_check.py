@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .atomic import file_sha256
+from ..atomic import file_sha256
 
 CACHE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 (vidattn before crash-safe prepare-data) has no sizes or hashes in its index

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .atomic import file_sha256, fsync_path, write_json_atomic
+from ..atomic import file_sha256, fsync_path, write_json_atomic
 from .killpoints import KillPoints
 
 logger = logging.getLogger("vidattn.training")

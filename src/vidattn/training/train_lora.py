@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..processors.registry import apply_method
-from .atomic import replace_synced, write_json_atomic
+from ..atomic import replace_synced, write_json_atomic
 from .cache import CachedLatentDataset, default_model_folder
 from .checkpointing import FINISHED, clear_run, read_finished, read_state, resolve_resume, save_checkpoint, write_finished
 from .config import TrainConfig

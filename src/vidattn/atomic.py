@@ -42,6 +42,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` (UTF-8)."""
+    write_bytes_atomic(path, text.encode())
+
+
 def write_json_atomic(path: str | Path, value: Any, indent: int | None = 1) -> None:
     """:func:`write_bytes_atomic` of ``value`` as JSON."""
     write_bytes_atomic(path, json.dumps(value, indent=indent).encode())
