@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replace_synced
+
 
 def load_pipeline(model: str | None):
     """A diffusers Wan pipeline from ``model`` (a folder), or the embedded trained default model."""
@@ -40,12 +42,17 @@ def generate_timed(
 
 
 def write_mp4(frames: np.ndarray, path: Path | str, fps: int = 8) -> None:
-    """Write (F, H, W, 3) frames in [0, 1] (or uint8) to an mp4 file."""
+    """Write (F, H, W, 3) frames in [0, 1] (or uint8) to an mp4 file, under a temporary name renamed into place."""
     import imageio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
-    imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix tells imageio the container
+    try:
+        imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+        replace_synced(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 

@@ -17,6 +17,7 @@ from diffusers import WanPipeline
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
 
 from ..checks import check_choice, check_int, check_number
+from ..atomic import replace_synced
 from ..latents import denormalise_latents, latent_stats
 from ..processors.streaming import StreamingConfig
 from ..schedulers.few_step import FewStepSchedule
@@ -161,11 +162,16 @@ def stream_to_mp4(pipe: StreamingWanPipeline, prompt: str, path: str | Path, num
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with imageio.get_writer(path, fps=fps, macro_block_size=1) as writer:
-        for frames in pipe.stream(prompt, num_chunks, output_type="np", **kwargs):
-            for frame in frames[0]:
-                writer.append_data((np.clip(frame, 0, 1) * 255).round().astype(np.uint8))
-                written += 1
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # renamed into place once the last chunk is in
+    try:
+        with imageio.get_writer(tmp, fps=fps, macro_block_size=1) as writer:
+            for frames in pipe.stream(prompt, num_chunks, output_type="np", **kwargs):
+                for frame in frames[0]:
+                    writer.append_data((np.clip(frame, 0, 1) * 255).round().astype(np.uint8))
+                    written += 1
+        replace_synced(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return written
 
 
