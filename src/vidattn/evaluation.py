@@ -25,6 +25,7 @@ from .metrics.fidelity import psnr, ssim
 from .metrics.prompt_accuracy import prompt_accuracy
 from .processors.config import config_fields
 from .processors.registry import METHODS, apply_method, get_method
+from .pipeline_eval.report import frame_strip, write_png_atomic
 
 # The default model was trained on prompts padded to 16 text tokens (configs/default_model.yaml): WanPipeline's
 # own 512 would drown the ~10 real tokens in zero padding. Harmless for other pipelines (prompts are short).
@@ -149,16 +150,6 @@ class EvalReport:
             lines += ["", f"**{method} FAILED**: {why}."]
         lines += ["", "![metrics](metrics.png)", ""] + [f"![{r.method}](strip_{r.method}.png)" for r in self.results]
         return "\n".join(lines) + "\n"
-
-
-def _strip(videos: list[np.ndarray], count: int = 6, scale: int = 2) -> np.ndarray:
-    """Rows of ``count`` evenly spaced frames, one row per video, as uint8 (nearest-neighbour ``scale``)."""
-    rows = []
-    for v in videos:
-        idx = np.linspace(0, len(v) - 1, min(count, len(v))).round().astype(int)
-        rows.append(np.concatenate([np.pad(v[i], ((1, 1), (1, 1), (0, 0)), constant_values=0.5) for i in idx], axis=1))
-    image = np.concatenate(rows, axis=0).repeat(scale, 0).repeat(scale, 1)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _plot(results: list[MethodResult], path: Path) -> None:
@@ -291,11 +282,9 @@ def evaluate(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        import imageio
-
         for r in results:
             videos = [outputs["dense"][0][0]] + ([outputs[r.method][0][0]] if r.method != "dense" else [])
-            imageio.imwrite(out / f"strip_{r.method}.png", _strip(videos))
+            write_png_atomic(out / f"strip_{r.method}.png", frame_strip(videos))
             report.files.append(str(out / f"strip_{r.method}.png"))
         if plot:
             _plot(results, out / "metrics.png")

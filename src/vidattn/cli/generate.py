@@ -263,6 +263,15 @@ def cmd_eval(args) -> None:
     from ..processors.registry import METHODS
 
     methods, seeds = check_eval(args)
+    if args.pipeline is not None:
+        if args.methods or args.cache:
+            raise UsageError("--pipeline measures a pipeline, not attention methods: drop --methods/--cache, or drop --pipeline")
+        from ..pipeline_eval import evaluate_pipeline
+
+        report = evaluate_pipeline(args.pipeline, prompts=args.prompts, seeds=seeds, out=args.out)
+        print(report.to_markdown())
+        print(f"report and frame strips in {args.out}")
+        return
     count = len(set(methods or METHODS) | {"dense"})
     warn_time = count * len(seeds) * args.prompts * args.steps
     print(f"eval: {count} methods x {len(seeds)} seed(s) x {args.prompts} prompts, {args.steps} steps each "

@@ -115,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_clips_arguments(p)
     p.set_defaults(func=cmd_make_clips)
 
-    p = sub.add_parser("eval", help="every method vs dense on the default model: PSNR/SSIM, prompt accuracy, speed, report")
+    p = sub.add_parser("eval", help="every method vs dense on the default model (PSNR/SSIM, prompt accuracy, speed), or "
+                                    "--pipeline broadway|freeswim|streaming measured on trained tiny models; writes a report")
+    p.add_argument("--pipeline", default=None, choices=("broadway", "freeswim", "streaming"),
+                   help="measure this pipeline instead of the attention methods (report.md, results.json, frame strips)")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     p.add_argument("--cache", action="append", default=None, choices=("first_block", "taylorseer"),
                    help="also run each method with this diffusers step cache stacked on it (repeatable): rows method+cache")
