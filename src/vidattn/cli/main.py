@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run each method with this diffusers step cache stacked on it (repeatable): rows method+cache")
     p.add_argument("--prompts", type=int, default=20, help="held-out prompts to generate")
     p.add_argument("--seeds", default="0", type=_int_list, help="comma-separated seeds")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps (method eval; each pipeline eval uses its own)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (method eval)")
     p.add_argument("--out", default="outputs/eval")
     p.set_defaults(func=cmd_eval)
 
