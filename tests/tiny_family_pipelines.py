@@ -1,0 +1,185 @@
+"""Tiny diffusers pipelines of every supported family, built from config (no hub access), and a 2-step call for each.
+
+Each builder returns ``(pipe, call)``: the real diffusers pipeline with tiny components and the keyword arguments
+of a short run whose latent grid is F x 4 x 5 tokens (the grid tests/test_families.py uses), returning latents.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    SkyReelsV2DiffusionForcingPipeline,
+    SkyReelsV2Pipeline,
+    SkyReelsV2Transformer3DModel,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+    WanVACEPipeline,
+    WanVACETransformer3DModel,
+)
+from transformers import UMT5Config, UMT5EncoderModel
+
+from vidattn.pipelines.default_model import build_tokenizer
+
+# Wan VAE in miniature: 8x spatial, 4x temporal; 17 frames at 64 x 80 pixels are 5 x 8 x 10 latents, 5 x 4 x 5 tokens.
+WAN_CALL = dict(prompt="a red circle moving right", num_frames=17, height=64, width=80, num_inference_steps=2,
+                max_sequence_length=16, output_type="latent")
+WAN_BLOCK = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=32,
+                 freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+
+
+def _eval(*modules) -> None:
+    for module in modules:
+        if module is not None:
+            module.eval()  # built modules start in train mode: dropout would make runs random
+
+
+def _wan_parts(seed: int) -> dict:
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, relative_attention_num_buckets=8)
+    )
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    _eval(text_encoder, vae)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
+
+
+def image(height: int = 64, width: int = 80, seed: int = 0) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def wan22_a14b(seed: int = 0):
+    """Wan 2.2 A14B: two experts (``transformer`` above the boundary, ``transformer_2`` below), CFG as two calls."""
+    parts = _wan_parts(seed)
+    high = WanTransformer3DModel(**WAN_BLOCK).eval()
+    low = WanTransformer3DModel(**WAN_BLOCK).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = WanPipeline(**parts, scheduler=scheduler, transformer=high, transformer_2=low, boundary_ratio=0.8)
+    return pipe, dict(WAN_CALL, guidance_scale=2.0, guidance_scale_2=3.0)
+
+
+def wan22_ti2v(seed: int = 0):
+    """Wan 2.2 TI2V-5B in image-to-video mode: ``expand_timesteps`` gives a per-token timestep, the first frame clean."""
+    parts = _wan_parts(seed)
+    transformer = WanTransformer3DModel(**WAN_BLOCK).eval()
+    pipe = WanImageToVideoPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer,
+                                   image_processor=None, image_encoder=None, expand_timesteps=True)
+    return pipe, dict(WAN_CALL, image=image(), guidance_scale=1.0)
+
+
+def wan_flf2v(seed: int = 0):
+    """Wan 2.1 FLF2V: first and last frame, CLIP image tokens through attn2's added K/V."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    parts = _wan_parts(seed)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    ).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transformer = WanTransformer3DModel(**{**WAN_BLOCK, "in_channels": 12, "image_dim": 16, "added_kv_proj_dim": 24, "pos_embed_seq_len": 2 * 17}).eval()
+    pipe = WanImageToVideoPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer,
+                                   image_processor=image_processor, image_encoder=image_encoder)
+    return pipe, dict(WAN_CALL, image=image(seed=1), last_image=image(seed=2), guidance_scale=1.0)
+
+
+def wan_vace(seed: int = 0):
+    """Wan VACE: control video and mask through ``vace_blocks`` (their self-attention is video attention too)."""
+    parts = _wan_parts(seed)
+    # control channels: inactive + reactive latents (2 x z_dim) and the mask folded to 8 x 8 = 64 channels
+    transformer = WanVACETransformer3DModel(**WAN_BLOCK, vace_layers=[0, 1], vace_in_channels=2 * 4 + 64).eval()
+    pipe = WanVACEPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
+    video = [image(seed=i) for i in range(17)]
+    mask = [PIL.Image.new("L", (80, 64), 255 if i >= 8 else 0) for i in range(17)]
+    return pipe, dict(WAN_CALL, video=video, mask=mask, guidance_scale=1.0)
+
+
+def skyreels_v2(seed: int = 0, diffusion_forcing: bool = True, **transformer_config):
+    """SkyReels-V2 text-to-video; ``diffusion_forcing`` gives each latent frame its own timestep (UniPC per frame)."""
+    parts = _wan_parts(seed)
+    transformer = SkyReelsV2Transformer3DModel(**WAN_BLOCK, **transformer_config).eval()
+    cls = SkyReelsV2DiffusionForcingPipeline if diffusion_forcing else SkyReelsV2Pipeline
+    pipe = cls(**parts, scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0),
+               transformer=transformer)
+    call = dict(WAN_CALL, guidance_scale=2.0)
+    if diffusion_forcing:
+        call.update(base_num_frames=17)
+    return pipe, call
+
+
+def two_experts(pipe):
+    """The expert modules of a pipeline (Wan 2.2 A14B has two)."""
+    return [m for name, m in sorted(pipe.components.items()) if name.startswith("transformer") and m is not None]
+
+
+__all__ = ["wan22_a14b", "wan22_ti2v", "wan_flf2v", "wan_vace", "skyreels_v2", "two_experts", "copy"]
+
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+
+
+def chat_tokenizer():
+    """The word-level tokenizer with the special words and the chat template the Qwen-encoder pipelines apply."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from vidattn.pipelines.default_model import WORDS
+
+    words = ["<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", *WORDS]
+    model = Tokenizer(WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
+    model.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def qwen25_text(tokenizer, hidden: int = 16, vision: bool = False):
+    """A one-layer Qwen2.5-VL language model (the ``...TextModel`` or, ``vision=True``, the whole conditional model)."""
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    if not vision:
+        return Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**text)).eval()
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
+                                                                    fullatt_block_indexes=[0], patch_size=4, spatial_merge_size=1, window_size=8))
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def hunyuan15(seed: int = 0, guidance_scale: float = 2.0):
+    """HunyuanVideo 1.5 text-to-video: Qwen2.5-VL prompt states (1000 text tokens), ByT5 glyph states (masked out when
+    the prompt quotes no text), zero image states (masked), CFG through diffusers' guider as two calls."""
+    from diffusers import AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = chat_tokenizer()
+    text_encoder = qwen25_text(tokenizer)
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1).eval()
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=4 * 2 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, num_refiner_layers=1,
+        patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=12, rope_axes_dim=(4, 4, 4),
+    ).eval()
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=text_encoder_2, tokenizer_2=ByT5Tokenizer(),
+        guider=ClassifierFreeGuidance(guidance_scale=guidance_scale),
+    )
+    # The pipeline's sequence lengths (1000 prompt tokens after the 108-token template, 256 ByT5 tokens, 729 image
+    # tokens) are instance attributes: shortened, the joint attention is 100 video + 40 other tokens.
+    pipe.tokenizer_max_length, pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 24, 8, 8
+    # 16x spatial VAE, patch 1: 64 x 80 pixels are 4 x 5 tokens
+    return pipe, dict(prompt="a red circle moving right", num_frames=17, height=64, width=80, num_inference_steps=2, output_type="latent")
