@@ -9,6 +9,7 @@ import torch
 import tiny_family_pipelines as tiny
 
 import vidattn
+from vidattn.models import model_spec
 from vidattn.processors import DenseAttnProcessor, install_processors, remove_processors
 from vidattn.processors.install import transformers_of
 from vidattn.processors.registry import METHODS
@@ -23,6 +24,8 @@ CASES = {
     "wan-vace": (tiny.wan_vace, 1),
     "skyreels-v2-df": (tiny.skyreels_v2, 2),
     "hunyuan15": (tiny.hunyuan15, 2),
+    "ltx2": (tiny.ltx2, 1),  # CFG batched into one call
+    "cosmos2.5-video2world": (tiny.cosmos25, 2),
 }
 SMALL = dict(block_size=8, backend="gather")
 # Sparse on a grid of 5 latent frames (4 x 5 or larger); the first step runs dense (warm-up), the second sparse.
@@ -52,14 +55,20 @@ class Calls:
 
 
 def _run(pipe, call: dict, context=None) -> tuple[torch.Tensor, list]:
+    """The pipeline's latents (LTX-2: video and audio latents, concatenated flat) and its transformer calls."""
     calls = Calls(pipe, context)
     with torch.no_grad():
         out = pipe(**call, generator=torch.Generator().manual_seed(0))
-    return (out.frames if hasattr(out, "frames") else out[0]), calls.close()
+    latents = out.frames if getattr(out, "audio", None) is None else torch.cat([out.frames.flatten(), out.audio.flatten()])
+    return latents, calls.close()
 
 
 def _processor_types(pipe) -> dict:
     return {(i, name): type(m.processor) for i, t in enumerate(transformers_of(pipe)) for name, m in t.named_modules() if hasattr(m, "processor")}
+
+
+def _video_attention(pipe) -> set:
+    return {(i, name) for i, t in enumerate(transformers_of(pipe)) for name, _ in t.named_modules() if model_spec(t).is_video_attention(name)}
 
 
 def _hooked(pipe) -> bool:
@@ -90,6 +99,8 @@ def test_every_method_runs_in_the_real_pipeline(case):
     for method in SPARSE:
         assert method in METHODS
         context = vidattn.apply(pipe, method, dense_steps=1, **SPARSE[method])
+        replaced = {key for key, kind in _processor_types(pipe).items() if kind is not stock_types[key]}
+        assert replaced == _video_attention(pipe), f"{case} {method}: only video self-attention takes the method"
         out, calls = _run(pipe, call, context)
         assert torch.isfinite(out).all(), f"{case} {method}"
         assert [step for _, step, _ in calls] == expected_steps, f"{case} {method}: the context counts pipeline steps"

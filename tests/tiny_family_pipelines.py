@@ -88,7 +88,7 @@ def wan_flf2v(seed: int = 0):
     transformer = WanTransformer3DModel(**{**WAN_BLOCK, "in_channels": 12, "image_dim": 16, "added_kv_proj_dim": 24, "pos_embed_seq_len": 2 * 17}).eval()
     pipe = WanImageToVideoPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer,
                                    image_processor=image_processor, image_encoder=image_encoder)
-    return pipe, dict(WAN_CALL, image=image(seed=1), last_image=image(seed=2), guidance_scale=1.0)
+    return pipe, dict(WAN_CALL, num_frames=9, image=image(seed=1), last_image=image(seed=2), guidance_scale=1.0)
 
 
 def wan_vace(seed: int = 0):
@@ -97,9 +97,9 @@ def wan_vace(seed: int = 0):
     # control channels: inactive + reactive latents (2 x z_dim) and the mask folded to 8 x 8 = 64 channels
     transformer = WanVACETransformer3DModel(**WAN_BLOCK, vace_layers=[0, 1], vace_in_channels=2 * 4 + 64).eval()
     pipe = WanVACEPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
-    video = [image(seed=i) for i in range(17)]
-    mask = [PIL.Image.new("L", (80, 64), 255 if i >= 8 else 0) for i in range(17)]
-    return pipe, dict(WAN_CALL, video=video, mask=mask, guidance_scale=1.0)
+    video = [image(seed=i) for i in range(9)]
+    mask = [PIL.Image.new("L", (80, 64), 255 if i >= 4 else 0) for i in range(9)]
+    return pipe, dict(WAN_CALL, num_frames=9, video=video, mask=mask, guidance_scale=1.0)  # 3 latent frames: the VAE encodes less
 
 
 def skyreels_v2(seed: int = 0, diffusion_forcing: bool = True, **transformer_config):
@@ -122,7 +122,7 @@ def two_experts(pipe):
 
 __all__ = ["wan22_a14b", "wan22_ti2v", "wan_flf2v", "wan_vace", "skyreels_v2", "two_experts", "copy"]
 
-CHAT_TEMPLATE = "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }} {% endfor %}{% endif %} <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
 
 
 def chat_tokenizer():
@@ -183,3 +183,88 @@ def hunyuan15(seed: int = 0, guidance_scale: float = 2.0):
     pipe.tokenizer_max_length, pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 24, 8, 8
     # 16x spatial VAE, patch 1: 64 x 80 pixels are 4 x 5 tokens
     return pipe, dict(prompt="a red circle moving right", num_frames=17, height=64, width=80, num_inference_steps=2, output_type="latent")
+
+
+def ltx2(seed: int = 0):
+    """LTX-2 text-to-audio+video: Gemma 3 hidden states through the text connectors, a video and an audio VAE, the
+    vocoder; CFG batched (one call per step), spatio-temporal guidance off (vidattn refuses perturbed attention)."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2Pipeline, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = chat_tokenizer()
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=8, max_position_embeddings=256, sliding_window=16, pad_token_id=0,
+                         bos_token_id=None, eos_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8),
+        mm_tokens_per_image=4,
+    )).eval()
+    layers = text_encoder.config.text_config.num_hidden_layers + 1
+    connectors = LTX2TextConnectors(
+        caption_channels=16, text_proj_in_factor=layers, video_connector_num_attention_heads=2, video_connector_attention_head_dim=8,
+        video_connector_num_layers=1, video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
+    ).eval()
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,), upsample_factor=(1,),
+        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2, resolution=32,
+        latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0, mid_block_add_attention=False, sample_rate=16000,
+        mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()
+    vocoder = LTX2Vocoder(in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+                          resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000).eval()
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+        audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+        num_layers=2, caption_channels=16, rope_double_precision=False, rope_type="split",
+    ).eval()
+    pipe = LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder,
+                        tokenizer=tokenizer, connectors=connectors, transformer=transformer, vocoder=vocoder)
+    call = dict(prompt="a red circle moving right", negative_prompt="", num_inference_steps=2, guidance_scale=2.0, stg_scale=0.0,
+                modality_scale=1.0, guidance_rescale=0.0, audio_guidance_scale=2.0, audio_stg_scale=0.0, audio_modality_scale=1.0,
+                audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None, use_cross_timestep=False, height=32, width=32,
+                num_frames=9, frame_rate=25.0, max_sequence_length=16, output_type="latent")
+    return pipe, call
+
+
+class NoGuardrail(torch.nn.Module):
+    """Stands in for Cosmos' safety checker (the ``cosmos_guardrail`` package and its hub weights): passes everything.
+    Only text is checked through it; the video check runs for ``CosmosSafetyChecker`` instances only."""
+
+    device = torch.device("cpu")  # what DiffusionPipeline.device reads of every component
+
+    def check_text_safety(self, prompt: str) -> bool:
+        return True
+
+
+def cosmos25(seed: int = 0):
+    """Cosmos 2.5 Predict, Video2World: Qwen2.5-VL hidden states of every layer (normalised, concatenated) projected to
+    the text width, the Wan VAE, one conditioning latent frame (per-frame timestep ~0) and UniPC flow sigmas.
+    ``concat_padding_mask`` is off: it resizes the mask with torchvision, which the test environment lacks."""
+    from diffusers import Cosmos2_5_PredictBasePipeline, CosmosTransformer3DModel
+
+    parts = _wan_parts(seed)
+    tokenizer = chat_tokenizer()
+    text_encoder = qwen25_text(tokenizer, vision=True)
+    layers = text_encoder.config.text_config.num_hidden_layers
+    transformer = CosmosTransformer3DModel(
+        in_channels=4 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, text_embed_dim=16,
+        adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2), concat_padding_mask=False, use_crossattn_projection=True,
+        crossattn_proj_in_channels=16 * layers, encoder_hidden_states_channels=16,
+    ).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    pipe = Cosmos2_5_PredictBasePipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=parts["vae"],
+                                         scheduler=scheduler, safety_checker=NoGuardrail())
+    video = torch.rand(1, 3, 1, 64, 80, generator=torch.Generator().manual_seed(seed)) * 2 - 1  # the last frame conditions
+    call = dict(video=video, prompt="a red circle moving right", negative_prompt="", num_frames=9, height=64, width=80,
+                num_inference_steps=2, guidance_scale=2.0, max_sequence_length=16, num_latent_conditional_frames=1, output_type="latent")
+    return pipe, call
