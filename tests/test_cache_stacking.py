@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
+    TaylorSeerCacheConfig,
+)
 from tiny_models import tiny_wan, wan_inputs
 
 from vidattn.processors import DenseAttnProcessor, apply_method, install_processors, remove_processors
@@ -26,15 +33,25 @@ CACHES = {
     "pyramid_attention_broadcast": lambda: PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000), current_timestep_callback=lambda: _now["t"]
     ),
+    # The batch of 2 plays [unconditional, conditional]: FasterCache skips the unconditional half on odd steps (approximating
+    # it in frequency space) and the self-attention on odd steps (extrapolating the last two outputs).
+    "faster": lambda: FasterCacheConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1000), unconditional_batch_skip_range=2,
+        unconditional_batch_timestep_skip_range=(-1, 1000), low_frequency_weight_update_timestep_range=(-1, 1000),
+        high_frequency_weight_update_timestep_range=(-1, 1000), attention_weight_callback=lambda module: 0.5,
+        current_timestep_callback=lambda: _now["t"], tensor_format="BCFHW",
+    ),
+    # Wan T2V has SeaCache's built-in adapter; it needs the step index, sigma and step count in the cache context.
+    "sea": lambda: SeaCacheConfig(threshold=1e9, retention_steps=1, cache_end_steps=1, max_consecutive_cached=2),
 }
 
 
 def _denoise(model) -> list[torch.Tensor]:
     """Four steps as a pipeline calls the transformer (inside a cache context)."""
     outputs = []
-    for t in TIMESTEPS:
+    for i, t in enumerate(TIMESTEPS):
         _now["t"] = t
-        with torch.no_grad(), model.cache_context("cond"):
+        with torch.no_grad(), model.cache_context("cond", step_index=i, sigma=t / 1000, num_inference_steps=len(TIMESTEPS)):
             outputs.append(model(**{**wan_inputs(frames=5), "timestep": torch.tensor([t, t])})[0])
     return outputs
 
