@@ -93,7 +93,7 @@ def test_every_method_runs_in_the_real_pipeline(case):
     install_processors(pipe, lambda index, family, context: DenseAttnProcessor(context=context, **SMALL))
     dense, _ = _run(pipe, call)
     remove_processors(pipe)
-    assert (dense - stock).abs().max() <= 1e-4 * stock.abs().max(), f"{case} dense: {(dense - stock).abs().max():.2e}"
+    assert (dense - stock).abs().max() <= 1e-5, f"{case} dense: {(dense - stock).abs().max():.2e}"  # latents of magnitude ~5
 
     expected_steps = [c // per_step for c in range(steps * per_step)]
     for method in SPARSE:
