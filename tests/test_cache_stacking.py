@@ -15,6 +15,8 @@ from tiny_models import tiny_wan, wan_inputs
 from vidattn.processors import DenseAttnProcessor, apply_method, install_processors, remove_processors
 from vidattn.processors.registry import METHODS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TIMESTEPS = [900, 800, 700, 600]
 SPARSE = {
     "radial": dict(decay=0.5, block_size=8, backend="gather"),

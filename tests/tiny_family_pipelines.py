@@ -268,3 +268,64 @@ def cosmos25(seed: int = 0):
     call = dict(video=video, prompt="a red circle moving right", negative_prompt="", num_frames=9, height=64, width=80,
                 num_inference_steps=2, guidance_scale=2.0, max_sequence_length=16, num_latent_conditional_frames=1, output_type="latent")
     return pipe, call
+
+
+def wan21_i2v(seed: int = 0):
+    """Wan 2.1 I2V (tests/tiny_pipelines.py): the first frame conditions, CLIP image tokens through attn2."""
+    from tiny_pipelines import tiny_wan_i2v_pipeline
+
+    pipe = tiny_wan_i2v_pipeline(seed)
+    for module in (pipe.text_encoder, pipe.vae, pipe.image_encoder, pipe.transformer):
+        module.eval()
+    return pipe, dict(WAN_CALL, num_frames=9, image=image(), guidance_scale=1.0)
+
+
+def skyreels_v2_t2v(seed: int = 0):
+    """SkyReels-V2 text-to-video without diffusion forcing (one timestep per sample)."""
+    return skyreels_v2(seed, diffusion_forcing=False)
+
+
+def hunyuan_video(seed: int = 0):
+    """HunyuanVideo: Llama prompt states (template cropped) and a CLIP pooled state; one call per step (embedded guidance)."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    tokenizer = chat_tokenizer()
+    text_encoder = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+                                          bos_token_id=None, eos_token_id=1)).eval()
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, max_position_embeddings=77, projection_dim=8,
+                                                  pad_token_id=0, bos_token_id=0, eos_token_id=1)).eval()
+    vae = AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4).eval()
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8, guidance_embeds=True,
+        rope_axes_dim=(4, 4, 4),
+    ).eval()
+    pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer)
+    template = {"template": "<|im_start|> system describe the video <|im_end|> <|im_start|> user {} <|im_end|>", "crop_start": 6}
+    return pipe, dict(prompt="a red circle moving right", prompt_template=template, num_frames=17, height=64, width=80,
+                      num_inference_steps=2, guidance_scale=6.0, max_sequence_length=8, output_type="latent")
+
+
+def cogvideox(seed: int = 0):
+    """CogVideoX 5B shape (3D RoPE): T5 prompt states joined to the video tokens; CFG batched into one call."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4).eval()
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=16, num_layers=2,
+        sample_width=10, sample_height=8, sample_frames=17, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=8,
+        use_rotary_positional_embeddings=True,
+    ).eval()
+    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing"))
+    return pipe, dict(prompt="a red circle moving right", negative_prompt="", num_frames=17, height=64, width=80, num_inference_steps=2,
+                      guidance_scale=6.0, max_sequence_length=8, output_type="latent")
