@@ -1,12 +1,11 @@
 """Tiny diffusers pipelines of every supported family, built from config (no hub access), and a 2-step call for each.
 
 Each builder returns ``(pipe, call)``: the real diffusers pipeline with tiny components and the keyword arguments
-of a short run whose latent grid is F x 4 x 5 tokens (the grid tests/test_families.py uses), returning latents.
+of a short run (2 steps) whose latent grid is F x 4 x 5 tokens (the grid tests/test_families.py uses; LTX-2's
+VAE needs 32-pixel multiples: 5 x 16 x 16), returning latents. Used by tests/test_family_pipelines.py.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import PIL.Image
@@ -115,18 +114,11 @@ def skyreels_v2(seed: int = 0, diffusion_forcing: bool = True, **transformer_con
     return pipe, call
 
 
-def two_experts(pipe):
-    """The expert modules of a pipeline (Wan 2.2 A14B has two)."""
-    return [m for name, m in sorted(pipe.components.items()) if name.startswith("transformer") and m is not None]
-
-
-__all__ = ["wan22_a14b", "wan22_ti2v", "wan_flf2v", "wan_vace", "skyreels_v2", "two_experts", "copy"]
-
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }} {% endfor %}{% endif %} <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
 
 
 def chat_tokenizer():
-    """The word-level tokenizer with the special words and the chat template the Qwen-encoder pipelines apply."""
+    """The default model's word-level tokenizer plus the role words, with a chat template (Qwen/Llama-encoder pipelines)."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
@@ -134,7 +126,7 @@ def chat_tokenizer():
 
     from vidattn.pipelines.default_model import WORDS
 
-    words = ["<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", *WORDS]
+    words = ["<pad>", "</s>", "<unk>", "system", "user", "assistant", *WORDS]
     model = Tokenizer(WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
     model.pre_tokenizer = Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
