@@ -32,7 +32,7 @@ CASES = {
     "cosmos2.5-video2world": (tiny.cosmos25, 2),
 }
 SMALL = dict(block_size=8, backend="gather")
-# Sparse on a grid of 5 latent frames (4 x 5 or larger); the first step runs dense (warm-up), the second sparse.
+# Sparse on every case's grid (3-5 latent frames of 4 x 5 tokens or more); with dense_steps=1 the first step runs dense, the second sparse.
 SPARSE = {
     "radial": dict(decay=0.5, **SMALL),
     "vmoba": dict(threshold=0.2, temporal_chunk=2, spatial_chunk=(2, 2), st_chunk=(2, 2, 3), **SMALL),
