@@ -167,3 +167,11 @@ def test_skyreels_asynchronous_diffusion_forcing_warm_up_counts_pipeline_steps()
     rows = [row for row, _ in seen]
     assert rows == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5], "the staggered schedule has F + 1 rows"
     assert [step for _, step in seen] == rows
+
+
+def test_skyreels_causal_diffusion_forcing_through_the_pipeline_is_refused():
+    pipe, call = tiny.skyreels_v2()
+    pipe.set_progress_bar_config(disable=True)
+    vidattn.apply(pipe, "radial", **SPARSE["radial"])
+    with pytest.raises(ValueError, match="causal_block_size=1"), torch.no_grad():
+        pipe(**call, ar_step=1, causal_block_size=5)  # the pipeline sets a block-causal self-attention mask
