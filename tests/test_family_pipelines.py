@@ -41,6 +41,14 @@ SPARSE = {
 }
 
 
+def _full_density(width: int) -> dict:
+    return {
+        "vmoba": dict(threshold=1.0, temporal_chunk=2, spatial_chunk=(2, 2), st_chunk=(2, 2, 3), **SMALL),
+        "monarch": dict(w_reduce=width),
+        "window": dict(window=(None, None, None), scale_factor=1.0, **SMALL),
+    }
+
+
 class Calls:
     """Per transformer call, in order: which transformer, the step the context held, the (video) output."""
 
@@ -93,11 +101,21 @@ def test_every_method_runs_in_the_real_pipeline(case):
     stock_types = _processor_types(pipe)
     assert vidattn.apply(pipe, "dense") is None and _processor_types(pipe) == stock_types, "dense is the stock processors"
 
-    # vidattn's own dense path (adapter + kernel, all tiles) equals the stock pipeline to float rounding
-    install_processors(pipe, lambda index, family, context: DenseAttnProcessor(context=context, **SMALL))
-    dense, _ = _run(pipe, call)
+    # At full density vidattn equals the stock pipeline to float rounding: its own dense path (adapter + all-tiles
+    # kernel), and each method with its sparsity switched off (radial: tests/test_families.py, on 2 latent frames)
+    context = install_processors(pipe, lambda index, family, context: DenseAttnProcessor(context=context, **SMALL))
+    grids = set()
+    handle = transformers_of(pipe)[0].register_forward_hook(lambda module, args, out: grids.add(context.layout.grid))
+    dense, _ = _run(pipe, call)  # (the pipeline resets the context's hooks when it ends: read the grid during the run)
+    handle.remove()
     remove_processors(pipe)
+    (width,) = {grid[2] for grid in grids}
     assert (dense - stock).abs().max() <= 2e-6 * stock.abs().max(), f"{case} dense: {(dense - stock).abs().max():.2e}"
+    for method, fields in _full_density(width).items():
+        vidattn.apply(pipe, method, **fields)
+        full, _ = _run(pipe, call)
+        remove_processors(pipe)
+        assert (full - stock).abs().max() <= 2e-6 * stock.abs().max(), f"{case} {method} at full density: {(full - stock).abs().max():.2e}"
 
     expected_steps = [c // per_step for c in range(steps * per_step)]
     for method in SPARSE:

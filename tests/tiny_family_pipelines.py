@@ -2,7 +2,7 @@
 
 Each builder returns ``(pipe, call)``: the real diffusers pipeline with tiny components and the keyword arguments
 of a short run (2 steps) whose latent grid is F x 4 x 5 tokens (the grid tests/test_families.py uses; LTX-2's
-VAE needs 32-pixel multiples: 5 x 16 x 16), returning latents. Used by tests/test_family_pipelines.py.
+pipeline needs 32-pixel multiples: 3 x 8 x 8), returning latents. Used by tests/test_family_pipelines.py.
 """
 
 from __future__ import annotations
@@ -201,11 +201,12 @@ def ltx2(seed: int = 0):
         audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
         connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
     ).eval()
-    vae = AutoencoderKLLTX2Video(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
-        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
-        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,), upsample_factor=(1,),
-        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    vae = AutoencoderKLLTX2Video(  # 4x spatial, 4x temporal: 9 frames of 32 x 32 pixels are 3 x 8 x 8 latents
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1), spatio_temporal_scaling=(True, True),
+        decoder_spatio_temporal_scaling=(True, True), decoder_inject_noise=(False, False, False), downsample_type=("spatial", "spatiotemporal"),
+        upsample_residual=(False, False), upsample_factor=(1, 1), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
     ).eval()
     audio_vae = AutoencoderKLLTX2Audio(
         base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2, resolution=32,
