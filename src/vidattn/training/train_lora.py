@@ -29,7 +29,7 @@ from .dataset import BucketBatchSampler
 from .finite import NonFiniteError, nonfinite_step, nonfinite_tensors
 from .killpoints import KillPoints
 from .sharding import (
-    SHARDED_OPTIMIZER_FILE, any_rank, full_optimizer_state, gather_full, load_full, load_optimizer_state, shard_like,
+    SHARDED_OPTIMIZER_FILE, any_rank, full_optimizer_state, gather_full, load_full, load_optimizer_state, local_parameter_bytes, shard_like,
     shard_model, sharding_plan,
 )
 from ..flow_matching import flow_matching_loss
@@ -280,7 +280,9 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     transformer.train()
     if fsdp is not None:  # before the optimizer is built: the parameters become DTensors (this rank's shards)
         blocks = shard_model(transformer, fsdp.transformer_cls_names_to_wrap, accelerator.device, fsdp.reshard_after_forward)
-        logger.info("FSDP2: %d %s blocks and the root sharded over %d processes", blocks, "/".join(fsdp.transformer_cls_names_to_wrap), accelerator.num_processes)
+        logger.info("FSDP2: %d %s blocks and the root sharded over %d processes; rank %d holds %d of %d parameter bytes",
+                    blocks, "/".join(fsdp.transformer_cls_names_to_wrap), accelerator.num_processes, accelerator.process_index,
+                    local_parameter_bytes(transformer), sum(p.numel() * p.element_size() for p in transformer.parameters()))
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
     groups = [{"params": [p for n, p in trainable.items() if n not in extra_names], "lr": config.learning_rate}]
     if extra_names:
