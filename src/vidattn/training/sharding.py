@@ -1,4 +1,5 @@
-"""FSDP2 for LoRA training: torch's ``fully_shard`` per transformer block and on the root, applied by train_lora.
+"""Sharded LoRA training launches: FSDP2 (torch's ``fully_shard`` per transformer block and on the root, applied by
+train_lora) and how a DeepSpeed launch must reach accelerate on a machine without an accelerator.
 
 accelerate 1.15 turns an FSDP launch into FSDP only on an accelerator (on a CPU it silently runs plain DDP), so
 train_lora shards the model itself with torch's own FSDP2, as accelerate's FSDP2 path does, and checkpoints the
@@ -19,6 +20,37 @@ SHARDED_OPTIMIZER_FILE = "optimizer_full.pt"  # the gathered optimizer state of 
 def fsdp_requested() -> bool:
     """Whether the launch asks for FSDP (``accelerate launch`` with an FSDP config sets ``ACCELERATE_USE_FSDP``)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def deepspeed_requested() -> bool:
+    """Whether the launch asks for DeepSpeed (``accelerate launch`` with a DeepSpeed config sets ``ACCELERATE_USE_DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def accelerator_options(has_accelerator: bool) -> dict:
+    """``Accelerator`` arguments for this machine. Without an accelerator, ``cpu=True`` makes a multi-process launch
+    DDP over gloo; a DeepSpeed launch needs ``cpu=False`` (accelerate drops DeepSpeed when ``cpu=True``) and the gloo
+    backend named (accelerate knows no default backend without a device)."""
+    if has_accelerator:
+        return {"cpu": False}
+    if deepspeed_requested():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        return {"cpu": False, "kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
+    return {"cpu": True}
+
+
+def check_deepspeed(distributed_type: str, nonfinite: str) -> bool:
+    """Whether this is a DeepSpeed run; ``ValueError`` when the launch asks for DeepSpeed but accelerate chose
+    otherwise, or for a setting DeepSpeed cannot honour here."""
+    if not deepspeed_requested():
+        return False
+    if distributed_type != "DEEPSPEED":
+        raise ValueError(f"the accelerate config asks for DeepSpeed but accelerate chose {distributed_type}; "
+                         "DeepSpeed needs at least 2 processes started by `accelerate launch`")
+    if nonfinite == "skip":  # DeepSpeed steps inside accelerator.backward, before vidattn can look at the loss
+        raise ValueError("nonfinite: skip cannot skip a DeepSpeed step (DeepSpeed steps inside backward); use nonfinite: error")
+    return True
 
 
 def sharding_plan(distributed_type: str, num_processes: int):

@@ -29,7 +29,7 @@ from .dataset import BucketBatchSampler
 from .finite import NonFiniteError, nonfinite_step, nonfinite_tensors
 from .killpoints import KillPoints
 from .sharding import (
-    SHARDED_OPTIMIZER_FILE, any_rank, full_optimizer_state, gather_full, load_full, load_optimizer_state, local_parameter_bytes, shard_like,
+    SHARDED_OPTIMIZER_FILE, accelerator_options, any_rank, check_deepspeed, full_optimizer_state, gather_full, load_full, load_optimizer_state, local_parameter_bytes, shard_like,
     shard_model, sharding_plan,
 )
 from ..flow_matching import flow_matching_loss
@@ -249,7 +249,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     output_dir = Path(config.output_dir)
     kill = KillPoints.from_env()
     accelerator = Accelerator(
-        cpu=not has_accelerator(),  # multi-process CPU runs (torchrun, tests) then use DDP over gloo
+        **accelerator_options(has_accelerator()),  # CPU: DDP over gloo (torchrun, tests), or DeepSpeed over gloo
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.log_with,
@@ -258,6 +258,9 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     logger.info("process %d of %d on %s (%s)", accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.distributed_type)
     # FSDP launch: train_lora shards with torch's FSDP2 itself (accelerate 1.15 would run plain DDP on a CPU)
     fsdp = sharding_plan(accelerator.distributed_type.value, accelerator.num_processes)
+    deepspeed = check_deepspeed(accelerator.distributed_type.value, config.nonfinite)
+    if deepspeed:  # accelerate takes it from a prepared dataloader, which vidattn does not use
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     mark = finished_before(config, overwrite)
     if mark is not None:
         lora = output_dir / mark.get("lora", LORA_FILE)
@@ -302,7 +305,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
 
     def save_hook(models, weights, directory):  # only the trainable parameters, not the frozen base model
         if accelerator.is_main_process:
-            state = {n: p.detach().float().cpu().contiguous() for n, p in accelerator.unwrap_model(models[0]).named_parameters() if p.requires_grad}
+            state = {n: p.detach().float().cpu().contiguous() for n, p in transformer.named_parameters() if p.requires_grad}
             save_file(state, str(Path(directory) / TRAINABLE_FILE))
             kill.reach("save_files")  # test hook: dies with the optimizer state not yet written
         weights.clear()
@@ -311,7 +314,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         if (Path(directory) / SHARDED_OPTIMIZER_FILE).is_file():
             raise ValueError(f"checkpoint {directory} was written by an FSDP run; resume it with the same accelerate config")
         state = load_file(str(Path(directory) / TRAINABLE_FILE))
-        params = dict(accelerator.unwrap_model(models[0]).named_parameters())
+        params = dict(transformer.named_parameters())
         if set(state) != {n for n, p in params.items() if p.requires_grad}:
             raise ValueError(f"checkpoint {directory} was written by a run with other trainable parameters (LoRA targets/rank or extra params differ)")
         with torch.no_grad():
@@ -349,7 +352,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         accelerator.wait_for_everyone()
     global_step, history, skipped = 0, [], 0
     if resume is not None:
-        accelerator.load_state(str(resume))
+        accelerator.load_state(str(resume), **({"load_module_strict": False} if deepspeed else {}))  # (frozen base not saved)
         global_step = int(resume.name.split("-", 1)[1])
         saved = read_state(resume)
         history, skipped = saved["losses"], saved["skipped_steps"]
@@ -360,6 +363,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / CONFIG_FILE, config.to_dict())
 
+    ds_save = {"exclude_frozen_parameters": True} if deepspeed else None  # DeepSpeed would copy the frozen base each time
     accum = config.gradient_accumulation_steps
     micro_step = global_step * accum
     batches = sampler.iterate(start=micro_step)
@@ -417,7 +421,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         kill.reach("step")
         if global_step % config.checkpointing_steps == 0 or global_step == stop_at:
             state = {"losses": history + losses, "skipped_steps": skipped}
-            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit, kill)
+            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit, kill, ds_save)
     progress.close()
     elapsed = time.perf_counter() - start_time
     accelerator.wait_for_everyone()
