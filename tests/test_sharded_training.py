@@ -4,7 +4,8 @@ against the DDP run on the same data and seed.
 Each run is what ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (or ``ddp.yaml``,
 ``deepspeed_zero2.yaml``) sets up: the launcher's environment variables, then ``train(config)`` in each of 2
 processes forked from a forkserver (imports once), bounded by a timeout and killed on exit. The reference is the
-DDP run (accelerate's own DDP over gloo).
+DDP run (accelerate's own DDP over gloo). With DeepSpeed installed, its first launch compiles DeepSpeed's CPU
+comm op (minutes; cached in ~/.cache/torch_extensions): run one launch before these tests, or they time out.
 """
 
 from __future__ import annotations
