@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -253,3 +254,16 @@ def test_single_process_fsdp_launch_is_refused(tmp_path):
     assert run.returncode == 2
     assert "error: the accelerate config asks for FSDP but accelerate chose NO" in run.stderr, run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_does_not_resume_a_ddp_checkpoint(runs, tmp_path):
+    ddp_out, _ = runs["ddp"]
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(ddp_out / "checkpoint-10", out / "checkpoint-10")  # resume_from_checkpoint: latest finds it
+    codes = run_two(run_config(runs["cache"], out, max_train_steps=12), FSDP_ENV, tmp_path / "info")
+    assert codes == [1, 1], codes
+    for rank in range(2):
+        error = (tmp_path / "info" / f"rank{rank}.error").read_text()
+        assert "was written by a run without FSDP (no optimizer_full.pt)" in error, error
+    assert not (out / LORA_FILE).exists()
