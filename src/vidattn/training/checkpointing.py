@@ -110,9 +110,11 @@ def read_state(directory: Path) -> dict[str, Any]:
     return {"losses": [tuple(x) for x in state.get("losses", [])], "skipped_steps": int(state.get("skipped_steps", 0))}
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, limit: int | None, kill: KillPoints) -> Path:
-    """``accelerator.save_state`` into ``.checkpoint-<step>.tmp``; the main process adds ``state``, seals it with the
-    manifest and renames it to ``checkpoint-<step>``, then prunes the oldest complete ones beyond ``limit``."""
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, state: dict, limit: int | None, kill: KillPoints, save_kwargs: dict | None = None
+) -> Path:
+    """``accelerator.save_state`` (with ``save_kwargs``) into ``.checkpoint-<step>.tmp``; the main process adds ``state``,
+    seals it with the manifest and renames it to ``checkpoint-<step>``, then prunes the oldest complete ones beyond ``limit``."""
     root = Path(output_dir)
     final, tmp = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
@@ -123,7 +125,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
             if incomplete_reason(root / aside.name[1:-4], check_hashes=False) is None:
                 shutil.rmtree(aside)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its files (RNG states) here
+    accelerator.save_state(str(tmp), **(save_kwargs or {}))  # every process writes its files (RNG states) here
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         kill.reach("save_written")

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -29,6 +28,10 @@ from .config import TrainConfig
 from .dataset import BucketBatchSampler
 from .finite import NonFiniteError, nonfinite_step, nonfinite_tensors
 from .killpoints import KillPoints
+from .sharding import (
+    SHARDED_OPTIMIZER_FILE, accelerator_options, any_rank, check_deepspeed, full_optimizer_state, gather_full, load_full, load_optimizer_state, local_parameter_bytes, shard_like,
+    shard_model, sharding_plan,
+)
 from ..flow_matching import flow_matching_loss
 
 logger = logging.getLogger("vidattn.training")
@@ -54,7 +57,7 @@ class TrainResult:
     steps_per_second: float = 0.0
     skipped_steps: int = 0
     already_finished: bool = False
-    transformer: torch.nn.Module | None = field(default=None, repr=False)  # the trained (unwrapped) model
+    transformer: torch.nn.Module | None = field(default=None, repr=False)  # the trained (unwrapped) model; FSDP: sharded
 
 
 def expert_sigma_range(model: str, expert: str) -> tuple[float, float]:
@@ -136,7 +139,8 @@ def mark_extra_params(transformer: torch.nn.Module, patterns: Sequence[str]) -> 
 
 
 class ParamEMA:
-    """Exponential moving average of the trainable parameters (checkpointed with ``accelerator.save_state``)."""
+    """Exponential moving average of the trainable parameters (checkpointed with ``accelerator.save_state``; under FSDP
+    each rank averages its shards and the checkpoint holds the whole tensors)."""
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], decay: float) -> None:
         self.decay = decay
@@ -152,25 +156,31 @@ class ParamEMA:
         for name, param in named_params.items():
             param.copy_(self.shadow[name].to(param.dtype))
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+    def state_dict(self) -> dict:  # called on every rank (gathering shards is collective); rank 0 writes it
+        return {"decay": self.decay, "shadow": gather_full(self.shadow.items())}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
-        self.shadow = {n: t.float() for n, t in state["shadow"].items()}
+        self.shadow = {n: shard_like(t.float(), self.shadow[n]) for n, t in state["shadow"].items()}
 
 
-def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights in peft naming (what ``save_lora_weights`` expects for ``transformer_lora_layers``)."""
+def lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft naming (what ``save_lora_weights`` expects for ``transformer_lora_layers``), from
+    the model or from ``state`` (whole tensors by parameter name, e.g. gathered from an FSDP-sharded model)."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    weights = get_peft_model_state_dict(transformer, state_dict=state)
+    return {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
 
 
-def export_lora(transformer: torch.nn.Module, output_dir: str | Path, extra_names: Sequence[str] = (), kill: KillPoints | None = None) -> tuple[str, str | None]:
+def export_lora(
+    transformer: torch.nn.Module, output_dir: str | Path, extra_names: Sequence[str] = (), kill: KillPoints | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> tuple[str, str | None]:
     """Write ``pytorch_lora_weights.safetensors`` (diffusers format, loads with ``WanPipeline.load_lora_weights``)
     and, when extra parameters were trained, ``extra_params.safetensors`` (load with ``load_state_dict(strict=False)``).
-    Both are written into ``.export.tmp`` and renamed into place, so a crash never leaves a half-written LoRA."""
+    Both are written into ``.export.tmp`` and renamed into place, so a crash never leaves a half-written LoRA.
+    ``state``: the trainable weights whole (an FSDP run gathers them first); default: read from the model."""
     from diffusers import WanPipeline
 
     output_dir = Path(output_dir)
@@ -179,10 +189,10 @@ def export_lora(transformer: torch.nn.Module, output_dir: str | Path, extra_name
     staging.mkdir(parents=True)
     metadata = transformer.peft_config["default"].to_dict()
     metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in metadata.items()}
-    WanPipeline.save_lora_weights(str(staging), transformer_lora_layers=lora_state_dict(transformer), transformer_lora_adapter_metadata=metadata)
+    WanPipeline.save_lora_weights(str(staging), transformer_lora_layers=lora_state_dict(transformer, state), transformer_lora_adapter_metadata=metadata)
     names = [LORA_FILE]
     if extra_names:
-        params = dict(transformer.named_parameters())
+        params = state if state is not None else dict(transformer.named_parameters())
         save_file({n.replace(".base_layer", ""): params[n].detach().float().cpu().contiguous() for n in extra_names}, str(staging / EXTRA_PARAMS_FILE))
         names.append(EXTRA_PARAMS_FILE)
     if kill is not None:
@@ -239,18 +249,18 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     output_dir = Path(config.output_dir)
     kill = KillPoints.from_env()
     accelerator = Accelerator(
-        cpu=not has_accelerator(),  # multi-process CPU runs (torchrun, tests) then use DDP over gloo
+        **accelerator_options(has_accelerator()),  # CPU: DDP over gloo (torchrun, tests), or DeepSpeed over gloo
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logger.info("process %d of %d on %s (%s)", accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.distributed_type)
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type.value != "FSDP":
-        raise ValueError(  # accelerate would silently train unsharded (MULTI_CPU / NO on a machine without an accelerator)
-            f"the accelerate config asks for FSDP but accelerate chose {accelerator.distributed_type.value} (FSDP needs an "
-            "accelerator device); on this machine use configs/accelerate/ddp.yaml"
-        )
+    # FSDP launch: train_lora shards with torch's FSDP2 itself (accelerate 1.15 would run plain DDP on a CPU)
+    fsdp = sharding_plan(accelerator.distributed_type.value, accelerator.num_processes)
+    deepspeed = check_deepspeed(accelerator.distributed_type.value, config.nonfinite)
+    if deepspeed:  # accelerate takes it from a prepared dataloader, which vidattn does not use
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     mark = finished_before(config, overwrite)
     if mark is not None:
         lora = output_dir / mark.get("lora", LORA_FILE)
@@ -271,6 +281,11 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
+    if fsdp is not None:  # before the optimizer is built: the parameters become DTensors (this rank's shards)
+        blocks = shard_model(transformer, fsdp.transformer_cls_names_to_wrap, accelerator.device, fsdp.reshard_after_forward)
+        logger.info("FSDP2: %d %s blocks and the root sharded over %d processes; rank %d holds %d of %d parameter bytes",
+                    blocks, "/".join(fsdp.transformer_cls_names_to_wrap), accelerator.num_processes, accelerator.process_index,
+                    local_parameter_bytes(transformer), sum(p.numel() * p.element_size() for p in transformer.parameters()))
     trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
     groups = [{"params": [p for n, p in trainable.items() if n not in extra_names], "lr": config.learning_rate}]
     if extra_names:
@@ -279,7 +294,10 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay
     )
     lr_scheduler = make_lr_scheduler(optimizer, config)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
+    if fsdp is None:
+        model, optimizer = accelerator.prepare(transformer, optimizer)
+    else:  # already sharded; accelerate must not wrap it in DDP (nor save the optimizer's shards as if whole)
+        model = transformer
     accelerator.register_for_checkpointing(lr_scheduler)
     ema = ParamEMA(trainable, config.ema_decay) if config.ema_decay is not None else None
     if ema is not None:
@@ -287,14 +305,16 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
 
     def save_hook(models, weights, directory):  # only the trainable parameters, not the frozen base model
         if accelerator.is_main_process:
-            state = {n: p.detach().float().cpu().contiguous() for n, p in accelerator.unwrap_model(models[0]).named_parameters() if p.requires_grad}
+            state = {n: p.detach().float().cpu().contiguous() for n, p in transformer.named_parameters() if p.requires_grad}
             save_file(state, str(Path(directory) / TRAINABLE_FILE))
             kill.reach("save_files")  # test hook: dies with the optimizer state not yet written
         weights.clear()
 
     def load_hook(models, directory):
+        if (Path(directory) / SHARDED_OPTIMIZER_FILE).is_file():
+            raise ValueError(f"checkpoint {directory} was written by an FSDP run; resume it with the same accelerate config")
         state = load_file(str(Path(directory) / TRAINABLE_FILE))
-        params = dict(accelerator.unwrap_model(models[0]).named_parameters())
+        params = dict(transformer.named_parameters())
         if set(state) != {n for n, p in params.items() if p.requires_grad}:
             raise ValueError(f"checkpoint {directory} was written by a run with other trainable parameters (LoRA targets/rank or extra params differ)")
         with torch.no_grad():
@@ -302,8 +322,27 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
                 params[name].copy_(tensor.to(params[name].dtype))
         models.clear()
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    def sharded_save_hook(models, weights, directory):  # every rank gathers (collective); rank 0 writes whole tensors
+        state = gather_full(trainable.items())
+        optimizer_state = full_optimizer_state(model, optimizer)
+        if accelerator.is_main_process:
+            save_file(state, str(Path(directory) / TRAINABLE_FILE))
+            kill.reach("save_files")
+            torch.save(optimizer_state, str(Path(directory) / SHARDED_OPTIMIZER_FILE))
+        weights.clear()
+
+    def sharded_load_hook(models, directory):  # every rank reads the whole state and keeps its shards
+        if not (Path(directory) / SHARDED_OPTIMIZER_FILE).is_file():
+            raise ValueError(f"checkpoint {directory} was written by a run without FSDP (no {SHARDED_OPTIMIZER_FILE}); resume it with the same accelerate config")
+        state = load_file(str(Path(directory) / TRAINABLE_FILE))
+        if set(state) != set(trainable):
+            raise ValueError(f"checkpoint {directory} was written by a run with other trainable parameters (LoRA targets/rank or extra params differ)")
+        load_full(trainable, state)
+        load_optimizer_state(model, optimizer, torch.load(str(Path(directory) / SHARDED_OPTIMIZER_FILE), weights_only=True))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook if fsdp is None else sharded_save_hook)
+    accelerator.register_load_state_pre_hook(load_hook if fsdp is None else sharded_load_hook)
 
     if overwrite:  # only now: a config or data error above must not have cost the old run
         if accelerator.is_main_process:
@@ -313,7 +352,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         accelerator.wait_for_everyone()
     global_step, history, skipped = 0, [], 0
     if resume is not None:
-        accelerator.load_state(str(resume))
+        accelerator.load_state(str(resume), **({"load_module_strict": False} if deepspeed else {}))  # (frozen base not saved)
         global_step = int(resume.name.split("-", 1)[1])
         saved = read_state(resume)
         history, skipped = saved["losses"], saved["skipped_steps"]
@@ -324,6 +363,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / CONFIG_FILE, config.to_dict())
 
+    ds_save = {"exclude_frozen_parameters": True} if deepspeed else None  # DeepSpeed would copy the frozen base each time
     accum = config.gradient_accumulation_steps
     micro_step = global_step * accum
     batches = sampler.iterate(start=micro_step)
@@ -348,6 +388,8 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
             group_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / accum  # the same on every rank
             if accelerator.sync_gradients:
                 bad = nonfinite_step(group_loss, trainable.items(), check_grads)  # grads are all-reduced: same on every rank
+                if fsdp is not None and any_rank(bad is not None, accelerator.device) and bad is None:  # FSDP: each rank
+                    bad = "the gradient of a parameter shard on another process is not finite"  # checked its own shards
                 if bad is not None and config.nonfinite == "error":
                     raise NonFiniteError(
                         f"step {global_step + 1}: {bad}; stopped without exporting (lower learning_rate, check the data with "
@@ -355,9 +397,10 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
                     )
                 if bad is None and config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
-            if bad is None:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:  # (accelerate's prepared optimizer also skips accumulation micro-steps)
+                if bad is None:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         micro_step += 1
         if not accelerator.sync_gradients:
             continue
@@ -378,7 +421,7 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
         kill.reach("step")
         if global_step % config.checkpointing_steps == 0 or global_step == stop_at:
             state = {"losses": history + losses, "skipped_steps": skipped}
-            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit, kill)
+            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit, kill, ds_save)
     progress.close()
     elapsed = time.perf_counter() - start_time
     accelerator.wait_for_everyone()
@@ -392,12 +435,13 @@ def train(config: TrainConfig, *, overwrite: bool = False) -> TrainResult:
     if finished and ema is not None:
         ema.copy_to(trainable)  # the exported (and returned) weights are the averaged ones
     if finished:
-        bad_weights = nonfinite_tensors(trainable.items())  # the same on every rank, so every rank stops together
+        final = gather_full(trainable.items())  # whole on every rank (collective under FSDP)
+        bad_weights = nonfinite_tensors(final.items())  # the same on every rank, so every rank stops together
         if bad_weights:
             raise NonFiniteError(f"{len(bad_weights)} trained tensor(s) are not finite (first: {bad_weights[0]}); no LoRA exported")
     if finished and accelerator.is_main_process:
         (output_dir / FINISHED).unlink(missing_ok=True)
-        result.lora_path, result.extra_params_path = export_lora(unwrapped, output_dir, extra_names, kill)
+        result.lora_path, result.extra_params_path = export_lora(unwrapped, output_dir, extra_names, kill, final)
         write_json_atomic(output_dir / LOSSES_FILE, history + losses, indent=None)
         write_finished(output_dir, {"global_step": global_step, "lora": LORA_FILE, "extra_params": EXTRA_PARAMS_FILE if extra_names else None, "skipped_steps": skipped})
     accelerator.wait_for_everyone()
@@ -433,9 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.already_finished:
         print(f"{config.output_dir} holds a finished run ({result.global_step} steps; LoRA: {result.lora_path}); nothing done. "
               "Use --overwrite to train again from step 0, or raise max_train_steps with resume_from_checkpoint: latest to continue.")
-    elif result.lora_path:
+    elif result.global_step == config.max_train_steps:  # every rank gets here; only the main one exported
         trend = f", loss {result.losses[0][1]:.4f} -> {result.losses[-1][1]:.4f}" if result.losses else ""
-        print(f"trained {result.global_step} steps ({result.steps_per_second:.2f} steps/s){trend}; LoRA: {result.lora_path}")
+        where = f"LoRA: {result.lora_path}" if result.lora_path else "the main process exported the LoRA"
+        print(f"trained {result.global_step} steps ({result.steps_per_second:.2f} steps/s){trend}; {where}")
     else:
         print(f"stopped at step {result.global_step} of {config.max_train_steps} (max_steps_per_run); resume with resume_from_checkpoint: latest")
     if result.skipped_steps:
