@@ -158,8 +158,9 @@ class VideoAttnProcessor:
         return self.context is not None and self.context.step < self.dense_steps
 
     def is_dense_layer(self) -> bool:
-        """One of the first ``dense_layers`` layers (fixed per processor, unlike the step)."""
-        return self.layer_idx is not None and self.layer_idx < self.dense_layers
+        """One of the first ``dense_layers`` layers (fixed per processor, unlike the step). ``layer_idx`` is read only
+        when there are dense layers: a compiled block is then shared by all layers (diffusers' regional compile)."""
+        return self.dense_layers > 0 and self.layer_idx is not None and self.layer_idx < self.dense_layers
 
     def known_layout(self) -> VideoLayout | None:
         """The grid given explicitly (``layout=``) or recorded by the transformer hook, None if neither.
