@@ -17,7 +17,7 @@ import vidattn
 from vidattn.processors.registry import METHODS, make_processor
 from vidattn.processors import video_attention_layers
 
-from tiny_models import tiny_wan, wan_inputs
+from tiny_models import cogvideox_inputs, hunyuan_inputs, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,6 +147,27 @@ def test_new_grid_compiles_once_and_plans_follow_the_grid(case):
             inputs = step_inputs(step, height=height, width=width)
             torch.testing.assert_close(compiled(**inputs)[0], eager_model(**inputs)[0], atol=1e-5, rtol=0)
     assert counter.graphs == 2
+
+
+@pytest.mark.parametrize("family", ["hunyuan", "cogvideox"])
+def test_joint_text_families_compile_once(family):
+    """Joint text tokens (after the video for HunyuanVideo, with a padded prompt's masked keys; before it for
+    CogVideoX, with RoPE): radial installed with a dense warm-up step, one graph, equal to uncompiled."""
+
+    def build_family():
+        model = tiny_hunyuan() if family == "hunyuan" else tiny_cogvideox(rope=True)
+        vidattn.apply(model, "radial", block_size=16, dense_steps=1)
+        return model
+
+    model, eager_model = build_family(), build_family()
+    counter = GraphCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    with torch.no_grad():
+        for call, timestep in enumerate(TIMESTEPS):
+            inputs = hunyuan_inputs(seed=call) if family == "hunyuan" else cogvideox_inputs(True, seed=call)
+            inputs["timestep"] = torch.full((2,), timestep)
+            torch.testing.assert_close(compiled(**inputs)[0], eager_model(**inputs)[0], atol=1e-5, rtol=0)
+    assert counter.graphs == 1
 
 
 def test_compiled_training_is_refused():
