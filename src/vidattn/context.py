@@ -8,7 +8,7 @@ belong to a call it drives (FreeSwim's phase/branch, the streaming chunk's first
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -17,6 +17,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .checks import check_bool, check_int
 from .layout import VideoLayout
 from .models import find_spec, patch_size_of
+from .opaque import OPAQUE_OBJECTS, OpHandle, require_opaque_objects
 
 CONTEXT_HOOK_NAME = "vidattn_context"
 CALL_FIELDS = ("phase", "branch", "frame", "commit")
@@ -32,6 +33,8 @@ class AttentionContext:
     Set by a pipeline for the calls it drives, through :meth:`call` only: ``phase`` and ``branch`` (FreeSwim's
     record/inject pass and CFG branch, None outside one), ``frame`` (absolute index of the streaming chunk's
     first latent frame) and ``commit`` (the streaming refresh pass that writes the KV cache).
+    Under ``torch.compile`` the hook fills the context from inside a custom op at run time (never while tracing), and
+    ``token`` is that op's output, which the processors' ops take as an input so that they run after it.
     """
 
     layout: VideoLayout | None = None
@@ -41,6 +44,18 @@ class AttentionContext:
     branch: str | None = None
     frame: int = 0
     commit: bool = False
+    token: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    handle: OpHandle = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.handle = OpHandle(self)
+
+    def observe(self, grid: tuple[int, int, int] | None, timestep: float | None) -> None:
+        """What the hook records for one transformer call: the latent grid (in tokens) and the timestep."""
+        if grid is not None:
+            self.layout = VideoLayout(*grid)
+        if timestep is not None:
+            self.observe_timestep(timestep)
 
     def observe_timestep(self, timestep: float) -> None:
         if self.last_timestep is None or timestep > self.last_timestep:
@@ -110,17 +125,42 @@ class AttentionContextHook(ModelHook):
                 frames, height, width = hidden_states.shape[2:]
         elif all(isinstance(kwargs.get(name), int) for name in ("num_frames", "height", "width")):  # packed latents (LTX-2)
             frames, height, width = kwargs["num_frames"], kwargs["height"], kwargs["width"]
+        grid = None
         if frames is not None:
             p_t, p_h, p_w = self.patch_size
-            self.context.layout = VideoLayout(max(frames // p_t, 1), height // p_h, width // p_w)
+            grid = (max(frames // p_t, 1), height // p_h, width // p_w)
+        if torch.compiler.is_compiling():  # the timestep's value is data: read it at run time, inside the op
+            require_opaque_objects()
+            stamp = timestep if torch.is_tensor(timestep) else None if timestep is None else torch.tensor(float(timestep))
+            self.context.token = observe_call(stamp, *(grid or (0, 0, 0)), self.context.handle)
+            return args, kwargs
+        value = None
         if timestep is not None:
-            value = timestep.max().item() if torch.is_tensor(timestep) else float(timestep)
-            self.context.observe_timestep(float(value))
+            value = float(timestep.max().item() if torch.is_tensor(timestep) else timestep)
+        self.context.observe(grid, value)
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.context.reset()
         return module
+
+
+def _observe_call(timestep: torch.Tensor | None, frames: int, height: int, width: int, context: OpHandle) -> torch.Tensor:
+    """The hook's record of one call, run eagerly inside a compiled graph: grid (0s: unknown) and timestep into the
+    context. Returns the step as a 0-d CPU tensor: the token the processors' ops take to run after this one."""
+    ctx = context.owner
+    ctx.observe((frames, height, width) if frames else None, None if timestep is None else float(timestep.max().item()))
+    return torch.tensor(ctx.step, dtype=torch.int64)
+
+
+def _observe_call_fake(timestep, frames, height, width, context) -> torch.Tensor:
+    return torch.empty((), dtype=torch.int64, device="cpu")
+
+
+observe_call = None
+if OPAQUE_OBJECTS:
+    observe_call = torch.library.custom_op("vidattn::observe_call", _observe_call, mutates_args=())
+    observe_call.register_fake(_observe_call_fake)
 
 
 def attach_context(transformer: torch.nn.Module, context: AttentionContext | None = None) -> AttentionContext:

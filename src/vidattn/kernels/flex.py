@@ -136,8 +136,12 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
         mask_mod = combined_mask_mod(tiles[0, 0].repeat_interleave(bs, dim=1) & valid, bs, n_t, token_mask)
     else:
         mask_mod = plan_mask_mod(tiles, bs, n_t, valid, token_mask)
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(padded, padded)
+    # The query-major lists straight from the tiles (what from_kv_blocks derives with vmap, which fails inside a
+    # custom op's body: "Cannot access storage of BatchedTensorImpl"; the same sorted lists either way).
+    q_num, q_idx = sorted_indices((tiles & ~full).transpose(-1, -2))
+    full_q_num, full_q_idx = sorted_indices(full.transpose(-1, -2))
+    block_mask = BlockMask(
+        (padded, padded), kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, BLOCK_SIZE=(bs, bs), mask_mod=mask_mod
     )
     if not per_element:
         plan.memo[memo_key] = block_mask

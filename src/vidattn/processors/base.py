@@ -11,6 +11,8 @@ import torch
 from ..checks import check_choice, check_int
 from ..context import AttentionContext
 from ..layout import VideoLayout
+from ..opaque import OpHandle
+from .compiled import compiled_attention
 from .config import MethodConfig, config_with_overrides
 from .families import (
     FAMILIES,
@@ -63,6 +65,7 @@ class VideoAttnProcessor:
     Cross-attention, non-video attention and dense warm-up calls run the family's stock processor, so they
     are exact. Subclasses implement ``attend(query, key, value, layout, key_valid, family) -> out`` on (B, H, N, D).
     Under diffusers' Ulysses context parallelism ``attend`` sees the whole sequence with H/N heads (processors/parallel.py).
+    Under ``torch.compile`` the routing and ``attend`` run inside one custom op (processors/compiled.py, docs/compile.md).
     """
 
     _attention_backend = None  # diffusers' enable_parallelism / set_attention_backend look for these two attributes
@@ -96,7 +99,9 @@ class VideoAttnProcessor:
         self.dense_steps = dense_steps
         self.dense_layers = dense_layers
         self.plan_cache = PlanCache() if plan_cache is None else plan_cache
-        self._stock: dict[str | None, Any] = {}
+        # Every family's stock processor up front: a dict filled on first use would change under a compiled graph's guards.
+        self._stock: dict[str | None, Any] = {name: stock_processor(name) for name in FAMILIES}
+        self.handle = OpHandle(self)  # what torch.compile passes into the attention op (processors/compiled.py)
 
     # -- routing -------------------------------------------------------------------------------------
     def __call__(
@@ -113,6 +118,8 @@ class VideoAttnProcessor:
         family = self.family or detect_family(attn, encoder_hidden_states, attention_mask, rope)
         group = ulysses_group(self._parallel_config)  # None unless context-parallel; refuses ring / *_anything
         video = family is not None and is_video_self_attention(family, attn, encoder_hidden_states)
+        if video and torch.compiler.is_compiling():
+            return self._compiled_call(family, group, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         if not video or (self.is_dense_now() and group is None):
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
@@ -122,11 +129,22 @@ class VideoAttnProcessor:
         out = self.attend(call.query, call.key, call.value, layout, call.key_valid, family)
         return call.finish(out)
 
+    def _compiled_call(self, family, group, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
+        """Video self-attention while torch.compile traces: the projections are traced, the attention is one opaque op
+        that decides dense warm-up, the grid and the plan at run time, so no step value becomes a guard."""
+        if group is not None:
+            raise ValueError(
+                "torch.compile of a context-parallel model with vidattn processors is not supported: compile without "
+                "enable_parallelism, or run the parallel model uncompiled"
+            )
+        if self.is_dense_layer():  # fixed per layer: the stock processor, traced like any diffusers code
+            return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
+        call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
+        return call.finish(compiled_attention(self, call, family, rope))
+
     def _run_stock(self, family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
         if family is None:
             raise unsupported_module_error(attn)
-        if family not in self._stock:
-            self._stock[family] = stock_processor(family)
         stock = self._stock[family]
         share_with_stock(self, stock)
         if family in ROPE_POSITIONAL:
@@ -135,9 +153,14 @@ class VideoAttnProcessor:
 
     def is_dense_now(self) -> bool:
         """Dense warm-up: the first ``dense_steps`` denoising steps and the first ``dense_layers`` layers."""
-        if self.layer_idx is not None and self.layer_idx < self.dense_layers:
+        if self.is_dense_layer():
             return True
         return self.context is not None and self.context.step < self.dense_steps
+
+    def is_dense_layer(self) -> bool:
+        """One of the first ``dense_layers`` layers (fixed per processor, unlike the step). ``layer_idx`` is read only
+        when there are dense layers: a compiled block is then shared by all layers (diffusers' regional compile)."""
+        return self.dense_layers > 0 and self.layer_idx is not None and self.layer_idx < self.dense_layers
 
     def known_layout(self) -> VideoLayout | None:
         """The grid given explicitly (``layout=``) or recorded by the transformer hook, None if neither.

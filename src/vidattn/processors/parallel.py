@@ -99,9 +99,10 @@ def refuse_parallel(processor: Any, what: str) -> None:
 
 def share_with_stock(processor: Any, stock: Any) -> None:
     """Copy a vidattn processor's parallel config and attention backend onto the stock processor it delegates to."""
-    for name in ("_parallel_config", "_attention_backend"):
-        if hasattr(stock, name):
-            setattr(stock, name, getattr(processor, name, None))
+    for name in ("_parallel_config", "_attention_backend"):  # written only on change: a write every call would
+        value = getattr(processor, name, None)  # add an instance attribute under a compiled graph's guards
+        if hasattr(stock, name) and getattr(stock, name) is not value:
+            setattr(stock, name, value)
 
 
 def global_layout(processor: Any, family: str, video_tokens: int) -> VideoLayout:
