@@ -79,3 +79,21 @@ def test_latent_normalisation_round_trip_against_per_channel_loop():
         assert torch.allclose(normalised[:, c], (z[:, c] - mean[c]) / std[c])
     assert torch.allclose(denormalise_latents(normalised, mean, std), z)
     assert torch.allclose(denormalise_latents(z[:, :, 0], torch.tensor(mean), torch.tensor(std))[:, 1], z[:, 1, 0] * 0.25 - 1.0)
+
+
+def test_step_counts_timestep_tensor_changes_not_only_its_largest_value():
+    """CFG calls repeat a tensor (no step); per-frame timesteps whose top value holds still advance; a rise resets."""
+    context = AttentionContext()
+    calls = [
+        torch.tensor([1000.0, 1000.0, 1000.0]), torch.tensor([1000.0, 1000.0, 1000.0]),  # step 0, as two CFG calls
+        torch.tensor([900.0, 1000.0, 1000.0]), torch.tensor([900.0, 1000.0, 1000.0]),    # step 1: the top value holds
+        torch.tensor([800.0, 900.0, 1000.0]),                                            # step 2
+        torch.tensor([700.0, 800.0, 900.0]),                                             # step 3
+        torch.tensor([1000.0, 1000.0, 1000.0]),                                          # a new generation
+        500.0, 500.0, 250.0,                                                             # plain numbers: steps 1, 1, 2
+    ]
+    steps = []
+    for timestep in calls:
+        context.observe(None, timestep)
+        steps.append(context.step)
+    assert steps == [0, 0, 1, 1, 2, 3, 0, 1, 1, 2]

@@ -175,11 +175,6 @@ def test_skyreels_synchronous_diffusion_forcing_warm_up_counts_pipeline_steps():
     assert [step for _, step in long] == [0, 0, 1, 1] * 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "context.py counts a step when the LARGEST timestep drops; in asynchronous diffusion forcing (ar_step > 0) the "
-    "not-yet-started frames hold the top timestep until the last frame starts, so steps 0..F-1 all count as step 0 and "
-    "dense_steps=1 runs F of the F+1 rows dense. Fix (context.py, not this helper's file): advance the step on any "
-    "change of the timestep tensor that does not raise its largest value; a rise of the largest value still resets."))
 def test_skyreels_asynchronous_diffusion_forcing_warm_up_counts_pipeline_steps():
     seen = _skyreels_rows(ar_step=1, causal_block_size=1)
     rows = [row for row, _ in seen]

@@ -27,9 +27,11 @@ CALL_FIELDS = ("phase", "branch", "frame", "commit")
 class AttentionContext:
     """Shared by the processors (and controller) of one model: the current grid, denoising step and call fields.
 
-    Filled by the hook: ``layout`` (the latent grid), ``step`` and ``last_timestep``. ``step`` counts changes of
-    the ``timestep`` value, so classifier-free guidance run as two calls or as one batch sees the same step; a
-    timestep that rises again means a new generation and resets the count.
+    Filled by the hook: ``layout`` (the latent grid), ``step`` and ``last_timestep`` (the call's largest timestep).
+    ``step`` counts changes of the ``timestep`` tensor (its largest value and its sum), so classifier-free guidance
+    run as two calls or as one batch sees the same step, and per-frame timesteps whose largest value holds while other
+    frames move (asynchronous diffusion forcing) still advance it; a largest timestep that rises again means a new
+    generation and resets the count.
     Set by a pipeline for the calls it drives, through :meth:`call` only: ``phase`` and ``branch`` (FreeSwim's
     record/inject pass and CFG branch, None outside one), ``frame`` (absolute index of the streaming chunk's
     first latent frame) and ``commit`` (the streaming refresh pass that writes the KV cache).
@@ -40,6 +42,7 @@ class AttentionContext:
     layout: VideoLayout | None = None
     step: int = 0
     last_timestep: float | None = None
+    last_timestep_sum: float | None = field(default=None, repr=False)
     phase: str | None = None
     branch: str | None = None
     frame: int = 0
@@ -50,19 +53,25 @@ class AttentionContext:
     def __post_init__(self) -> None:
         self.handle = OpHandle(self)
 
-    def observe(self, grid: tuple[int, int, int] | None, timestep: float | None) -> None:
+    def observe(self, grid: tuple[int, int, int] | None, timestep: float | torch.Tensor | None) -> None:
         """What the hook records for one transformer call: the latent grid (in tokens) and the timestep."""
         if grid is not None:
             self.layout = VideoLayout(*grid)
-        if timestep is not None:
-            self.observe_timestep(timestep)
+        if torch.is_tensor(timestep):
+            timestep = timestep.detach().to(torch.float64)
+            self.observe_timestep(float(timestep.max()), float(timestep.sum()))
+        elif timestep is not None:
+            self.observe_timestep(float(timestep))
 
-    def observe_timestep(self, timestep: float) -> None:
+    def observe_timestep(self, timestep: float, total: float | None = None) -> None:
+        """Count a step when the timestep changes (largest value or, for a tensor, ``total``, its sum); reset when the
+        largest value rises."""
+        total = timestep if total is None else total
         if self.last_timestep is None or timestep > self.last_timestep:
             self.step = 0
-        elif timestep < self.last_timestep:
+        elif timestep < self.last_timestep or total != self.last_timestep_sum:
             self.step += 1
-        self.last_timestep = timestep
+        self.last_timestep, self.last_timestep_sum = timestep, total
 
     @contextmanager
     def call(self, **fields) -> Iterator["AttentionContext"]:
@@ -89,7 +98,7 @@ class AttentionContext:
 
     def reset(self) -> None:
         """Forget the hook-filled fields (a new generation); the call fields belong to the open ``call`` blocks."""
-        self.step, self.last_timestep, self.layout = 0, None, None
+        self.step, self.last_timestep, self.last_timestep_sum, self.layout = 0, None, None, None
 
 
 def _patch_size(config) -> tuple[int, int, int]:
@@ -134,10 +143,7 @@ class AttentionContextHook(ModelHook):
             stamp = timestep if torch.is_tensor(timestep) else None if timestep is None else torch.tensor(float(timestep))
             self.context.token = observe_call(stamp, *(grid or (0, 0, 0)), self.context.handle)
             return args, kwargs
-        value = None
-        if timestep is not None:
-            value = float(timestep.max().item() if torch.is_tensor(timestep) else timestep)
-        self.context.observe(grid, value)
+        self.context.observe(grid, timestep)
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -149,7 +155,7 @@ def _observe_call(timestep: torch.Tensor | None, frames: int, height: int, width
     """The hook's record of one call, run eagerly inside a compiled graph: grid (0s: unknown) and timestep into the
     context. Returns the step as a 0-d CPU tensor: the token the processors' ops take to run after this one."""
     ctx = context.owner
-    ctx.observe((frames, height, width) if frames else None, None if timestep is None else float(timestep.max().item()))
+    ctx.observe((frames, height, width) if frames else None, timestep)
     return torch.tensor(ctx.step, dtype=torch.int64)
 
 
