@@ -1,0 +1,78 @@
+"""`vidattn eval --pipeline freeswim` on the embedded model: one prompt, one seed, the report's rows and their values."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vidattn.pipeline_eval.freeswim import ROWS, bilinear_upscale, evaluate
+from vidattn.pipelines.default_model import load_default_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class RecordingPipe:
+    """The default pipeline, recording the latents of every call that returns latents (stage 1 and the base run)."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self._pipe(*args, **kwargs)
+        self.calls.append((kwargs["height"], kwargs["width"], out.frames.clone()))
+        return out
+
+
+def test_one_prompt_report_has_every_row_with_sane_values(tmp_path):
+    pipe = RecordingPipe(load_default_pipeline())
+    report = evaluate(prompts=1, seeds=[0], out=tmp_path, pipe=pipe)
+    report.write(tmp_path)  # what the dispatcher (evaluate_pipeline) does with the report
+    text = (tmp_path / "report.md").read_text()
+    for label in ("bilinear upscaling", "direct 128x128", "FreeSwim 64x64 -> 128x128", "VAE encode + decode"):
+        assert label in text
+    data = json.loads((tmp_path / "results.json").read_text())
+    summary = data["summary"]
+    assert set(summary) == set(ROWS)
+    for row in ROWS:
+        assert summary[row]["frames"] == 17 and 0 <= summary[row]["accuracy"] <= 1 and 0 <= summary[row]["color"] <= 1
+    # the base video is FreeSwim's stage 1: the 64x64 calls (the base run, then FreeSwim's first stage) gave the same latents
+    small = [frames for h, w, frames in pipe.calls if (h, w) == (64, 64)]
+    assert len(small) == 2 and torch.equal(small[0], small[1])
+    # bilinear upscaling keeps the base content: the same colours, and 2x2-box averaging gives the base back closely
+    assert summary["upscaled"]["color"] == summary["base"]["color"] == 1.0
+    assert summary["upscaled"]["psnr"] > 35 and summary["upscaled"]["ssim"] > 0.98
+    # the 128x128 rows are changed videos, not copies of the base: finite PSNR, well below the upscaled one
+    for row in ("direct", "freeswim"):
+        assert 5 < summary[row]["psnr"] < summary["upscaled"]["psnr"] - 5
+    assert summary["freeswim"]["sharpness"] > 0 and summary["upscaled"]["sharpness"] > 0
+    assert (tmp_path / "strip_freeswim.png").stat().st_size > 0
+    assert len(data["per_video"]["freeswim"]) == 1 and len(data["per_video"]["freeswim"][0]["frame_colors"]) == 17
+
+
+def test_bilinear_upscale_matches_half_pixel_interpolation():
+    rng = np.random.default_rng(0)
+    video = rng.uniform(0, 1, (1, 2, 4, 4, 3)).astype(np.float32)
+    up = bilinear_upscale(video, (8, 8))
+    # output pixel i samples input coordinate (i + 0.5) / 2 - 0.5, clamped at the edges
+    def sample(frame, y, x):
+        y, x = min(max(y, 0), 3), min(max(x, 0), 3)
+        y0, x0 = int(math.floor(y)), int(math.floor(x))
+        y1, x1 = min(y0 + 1, 3), min(x0 + 1, 3)
+        dy, dx = y - y0, x - x0
+        return ((1 - dy) * (1 - dx) * frame[y0, x0] + (1 - dy) * dx * frame[y0, x1]
+                + dy * (1 - dx) * frame[y1, x0] + dy * dx * frame[y1, x1])
+    expected = np.array([[[sample(video[0, f], (i + 0.5) / 2 - 0.5, (j + 0.5) / 2 - 0.5) for j in range(8)] for i in range(8)] for f in range(2)])
+    assert np.allclose(up[0], expected, atol=1e-6)
+
+
+def test_bad_arguments_are_refused_before_any_model_loads():
+    with pytest.raises(ValueError, match="prompts must be"):
+        evaluate(prompts=0, seeds=[0], out=None)
+    with pytest.raises(ValueError, match="seeds must be"):
+        evaluate(prompts=1, seeds=[], out=None)
