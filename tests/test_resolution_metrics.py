@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vidattn.metrics.resolution import box_downsample, downsampled_fidelity, edge_band, edge_sharpness
+from vidattn.metrics.resolution import box_downsample, downsampled_fidelity, edge_band, edge_sharpness, shape_area
 
 
 def _video(seed: int = 0, size: int = 16, frames: int = 3) -> np.ndarray:
@@ -97,3 +97,10 @@ def test_a_step_edge_is_sharper_than_its_blurred_version():
 def test_edge_sharpness_without_a_shape_is_nan():
     value, frames = edge_sharpness(np.zeros((2, 8, 8, 3)))
     assert math.isnan(value) and frames == 0
+
+
+def test_shape_area_is_the_share_of_shape_pixels_at_any_size():
+    small = np.zeros((2, 16, 16, 3))
+    small[:, 4:8, 4:12, 2] = 1.0  # 32 of 256 pixels
+    big = small.repeat(2, axis=1).repeat(2, axis=2)
+    assert shape_area(small) == pytest.approx(32 / 256) and shape_area(big) == pytest.approx(32 / 256)

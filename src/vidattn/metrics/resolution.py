@@ -45,6 +45,12 @@ def downsampled_fidelity(video: np.ndarray, base: np.ndarray) -> tuple[float, fl
     return psnr(small, b), ssim(small, b)
 
 
+def shape_area(video: np.ndarray, threshold: float = 0.3) -> float:
+    """The shape's mean share of the frame (foreground pixels, as :mod:`vidattn.metrics.prompt_accuracy` finds them):
+    a resolution-free size, so a 2x video that redraws the shape smaller shows a lower value than its base."""
+    return float(foreground_masks(_video(video), threshold).mean())
+
+
 def _shift_or(mask: np.ndarray) -> np.ndarray:
     """A mask dilated by one pixel (3x3 cross) within each frame."""
     out = mask.copy()

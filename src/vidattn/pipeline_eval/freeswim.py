@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..evaluation import DEFAULT_MAX_SEQUENCE_LENGTH, generate, held_out_prompts
 from ..metrics.prompt_accuracy import PromptAccuracy, prompt_accuracy
-from ..metrics.resolution import downsampled_fidelity, edge_sharpness
+from ..metrics.resolution import downsampled_fidelity, edge_sharpness, shape_area
 from .report import PipelineReport, Table, frame_strip
 
 # The run's settings: the CLI's FreeSwim defaults (`vidattn generate --pipeline freeswim`) on the default model.
@@ -131,10 +131,11 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None = None, pipe=No
     all_captions = captions * len(seeds)
 
     accuracy: dict[str, PromptAccuracy] = {row: prompt_accuracy(videos[row], all_captions) for row in ROWS}
+    area = {row: [shape_area(v) for v in videos[row]] for row in ROWS}
     sharp = {row: [edge_sharpness(v)[0] for v in videos[row]] for row in ROWS if row != "base"}
     fidelity = {row: [downsampled_fidelity(v, b) for v, b in zip(videos[row], videos["base"])] for row in ROWS if row != "base"}
 
-    headers = ["row", "prompt acc.", "colour (frames)", "direction", "frames without a shape", "edge sharpness",
+    headers = ["row", "prompt acc.", "colour (frames)", "direction", "frames without a shape", "shape area (x base)", "edge sharpness",
                "PSNR @64 vs base (dB)", "SSIM @64 vs base", "time (s)"]
     table_rows = []
     summary: dict[str, dict] = {}
@@ -144,9 +145,10 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None = None, pipe=No
         ssims = [q for _, q in fidelity.get(row, [])]
         summary[row] = dict(accuracy=a.accuracy, color=a.color, direction=a.direction, frames=a.frames, failed_frames=a.failed_frames,
                             empty_frames=a.empty_frames, sharpness=_mean(sharp.get(row, [])),
+                            area=_mean([x / b for x, b in zip(area[row], area["base"]) if b > 0]),
                             psnr=_mean(psnrs) if psnrs else math.nan, ssim=_mean(ssims) if ssims else math.nan, seconds=seconds[row])
         r = summary[row]
-        table_rows.append([LABELS[row], _fmt(r["accuracy"]), _fmt(r["color"]), _fmt(r["direction"]), f"{a.empty_frames}/{a.frames}",
+        table_rows.append([LABELS[row], _fmt(r["accuracy"]), _fmt(r["color"]), _fmt(r["direction"]), f"{a.empty_frames}/{a.frames}", _fmt(r["area"]),
                            _fmt(r["sharpness"], 3), _fmt(r["psnr"]), _fmt(r["ssim"], 3), _fmt(r["seconds"], 1)])
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
@@ -158,7 +160,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None = None, pipe=No
         f"FreeSwim strength {s['strength']} ({int(s['steps'] * s['strength'])} stage-2 steps), cache_steps {s['cache_steps']}, window and "
         f"scale at their defaults{'; ' + str(freeswim_args) if freeswim_args else ''}. {date}, load {load:.1f}.\n\n"
         "Prompt accuracy: per video, the share of frames showing a shape of the prompt's colour if it moves the prompt's way, else 0. "
-        "Edge sharpness: mean RGB gradient magnitude (central differences, per 128-px pixel) on the one-pixel band around the "
+        "Shape area: the share of the frame the shape covers, over the base video's (1.00 = same size). Edge sharpness: mean RGB gradient magnitude (central differences, per 128-px pixel) on the one-pixel band around the "
         "shape's boundary, averaged over frames showing a shape (higher = sharper; a black-to-red step edge is 0.5). "
         "PSNR/SSIM @64: the 128x128 video averaged over 2x2 boxes to 64x64, against the base video (how much of the base content "
         "is kept; bilinear upscaling scores high but not infinite, since box-averaging its output blurs by [1/8, 3/4, 1/8]). "
@@ -172,7 +174,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None = None, pipe=No
         strips={"freeswim": frame_strip([videos["base"][0].repeat(2, 1).repeat(2, 2)] + [videos[r][0] for r in ROWS[1:]], count=9, scale=1)},
         data={"settings": settings, "summary": summary, "per_video": {
             row: [dict(caption=c, frame_colors=list(rec.frame_colors), direction=rec.direction,
-                       sharpness=sharp[row][i] if row in sharp else None,
+                       area=area[row][i], sharpness=sharp[row][i] if row in sharp else None,
                        psnr=fidelity[row][i][0] if row in fidelity else None, ssim=fidelity[row][i][1] if row in fidelity else None)
                   for i, (c, rec) in enumerate(zip(all_captions, accuracy[row].recovered))] for row in ROWS}},
     )
@@ -189,6 +191,8 @@ def _verdict(r: dict[str, dict]) -> list[str]:
                  f"({'better' if better else 'not better'}); PSNR @64 vs base {fs['psnr']:.2f} dB vs direct {direct['psnr']:.2f} dB.")
     notes.append(f"**Content vs the base**: FreeSwim keeps {fs['color']:.0%} of frames in the prompt's colour (base {r['base']['color']:.0%}, "
                  f"upscaled {up['color']:.0%}); PSNR @64 {fs['psnr']:.2f} dB against upscaling's {up['psnr']:.2f} dB (the ceiling for 'unchanged').")
+    notes.append(f"**Shape size**: FreeSwim's shape covers x{fs['area']:.2f} the base's area (upscaled x{up['area']:.2f}, direct "
+                 f"x{direct['area']:.2f}); stage 2 {'redraws it smaller' if fs['area'] < 0.9 else 'keeps its size'}.")
     trip = r["round_trip"]
     line = (f"**The VAE at 128x128**: encoding and decoding the upscaled video, with no denoising, keeps {trip['color']:.0%} of frames "
             f"in the prompt's colour ({trip['failed_frames']} of {trip['frames']} wrong; FreeSwim {fs['failed_frames']} wrong).")
