@@ -202,5 +202,6 @@ def _verdict(r: dict[str, dict]) -> list[str]:
     notes.append(line)
     sharper = fs["sharpness"] > up["sharpness"]
     notes.append(f"**Sharpness**: FreeSwim {fs['sharpness']:.3f} vs upscaled {up['sharpness']:.3f} "
-                 f"({'sharper' if sharper else 'not sharper'}, x{fs['sharpness'] / up['sharpness']:.2f}); direct {direct['sharpness']:.3f}.")
+                 f"({'sharper' if sharper else 'not sharper'}, x{fs['sharpness'] / up['sharpness']:.2f}); direct {direct['sharpness']:.3f}; "
+                 f"the upscaled video through the VAE alone {trip['sharpness']:.3f} (edges the decoder draws at the target size).")
     return notes
