@@ -160,7 +160,8 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None = None, pipe=No
         f"FreeSwim strength {s['strength']} ({int(s['steps'] * s['strength'])} stage-2 steps), cache_steps {s['cache_steps']}, window and "
         f"scale at their defaults{'; ' + str(freeswim_args) if freeswim_args else ''}. {date}, load {load:.1f}.\n\n"
         "Prompt accuracy: per video, the share of frames showing a shape of the prompt's colour if it moves the prompt's way, else 0. "
-        "Shape area: the share of the frame the shape covers, over the base video's (1.00 = same size). Edge sharpness: mean RGB gradient magnitude (central differences, per 128-px pixel) on the one-pixel band around the "
+        "Shape area: the share of the frame the shape covers, over the base video's (1.00 = same size). "
+        "Edge sharpness: mean RGB gradient magnitude (central differences, per 128-px pixel) on the one-pixel band around the "
         "shape's boundary, averaged over frames showing a shape (higher = sharper; a black-to-red step edge is 0.5). "
         "PSNR/SSIM @64: the 128x128 video averaged over 2x2 boxes to 64x64, against the base video (how much of the base content "
         "is kept; bilinear upscaling scores high but not infinite, since box-averaging its output blurs by [1/8, 3/4, 1/8]). "
@@ -197,8 +198,8 @@ def _verdict(r: dict[str, dict]) -> list[str]:
     line = (f"**The VAE at 128x128**: encoding and decoding the upscaled video, with no denoising, keeps {trip['color']:.0%} of frames "
             f"in the prompt's colour ({trip['failed_frames']} of {trip['frames']} wrong; FreeSwim {fs['failed_frames']} wrong).")
     if trip["failed_frames"]:
-        line += (" The colour change is the VAE's, not FreeSwim's: FreeSwim decodes at 128x128, where a shape covers four times the "
-                 "latent cells it was trained on (docs/freeswim.md).")
+        line += (" The VAE alone already changes colours at this size, and FreeSwim encodes and decodes at 128x128, where a shape "
+                 "covers four times the latent cells the VAE was trained on (traced in docs/freeswim.md).")
     notes.append(line)
     sharper = fs["sharpness"] > up["sharpness"]
     notes.append(f"**Sharpness**: FreeSwim {fs['sharpness']:.3f} vs upscaled {up['sharpness']:.3f} "
