@@ -107,4 +107,4 @@ def test_warping_error_is_zero_for_rigid_motion_and_positive_for_flicker():
     flicker = rigid.copy()
     flicker[1::2] *= 0.5  # the shape dims every other frame: same motion, not consistent
     expected = np.mean([np.mean((flicker[t + 1] - _naive_shift(flicker[t], 4, 0, np.zeros(3))) ** 2) for t in range(4)])
-    assert warping_error(flicker) == pytest.approx(expected) and expected > 0.005
+    assert warping_error(flicker) == pytest.approx(expected) and expected > 0.002
