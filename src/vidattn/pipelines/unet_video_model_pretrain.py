@@ -1,7 +1,8 @@
 """From-scratch CPU training of the embedded UNet video model (AnimateDiff layout) on the shapes dataset.
 
 Stages (each resumes from its checkpoint in ``--work``): ``vae`` (image VAE on frames), ``latents`` (encode the
-dataset once, set the VAE's scaling factor), ``unet`` (DDPM v-prediction), ``assemble`` (the diffusers folder).
+dataset once, set the VAE's scaling factor), ``unet`` (DDPM v-prediction), ``decoder`` (more decoder training with
+the encoder frozen, so the UNet's latents stay valid), ``assemble`` (the diffusers folder).
 Reproduce the shipped weights with
 ``python -m vidattn.pipelines.unet_video_model_pretrain --config configs/unet_video_model.yaml --work outputs/unet_pretrain --out src/vidattn/assets/unet_video_model``.
 """
@@ -28,14 +29,14 @@ from .broadway import build_tokenizer
 from .default_model_pretrain import _log  # same log format and file (work/log.txt)
 from .unet_video_model import TEXT_TOKENS, build_text_encoder, build_unet, build_vae, sampling_scheduler, training_scheduler
 
-STAGES = ("vae", "latents", "unet", "assemble")
+STAGES = ("vae", "latents", "unet", "decoder", "assemble")
 
 
 @dataclass
 class VAESettings:
     block_out_channels: list = field(default_factory=lambda: [16, 32, 32])
     latent_channels: int = 4
-    steps: int = 250
+    steps: int = 150
     videos_per_batch: int = 4     # every frame of each video: 4 x 16 = 64 frames a step
     learning_rate: float = 2e-3
     warmup: int = 50
@@ -43,6 +44,8 @@ class VAESettings:
     foreground_weight: float = 8.0  # extra loss weight on shape pixels (the frames are mostly black)
     latent_hint_weight: float = 1.0  # latent channels pulled to each cell's mean RGB + shape coverage
     hint_foreground_weight: float = 8.0
+    decoder_steps: int = 150         # decoder-only stage (encoder frozen): sharper frames, truer colours, same latents
+    decoder_learning_rate: float = 1e-3
 
 
 @dataclass
@@ -51,7 +54,7 @@ class UNetSettings:
     heads: int = 2
     num_videos: int = 480
     position_jitter: float = 0.2
-    steps: int = 1000
+    steps: int = 1200
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup: int = 100
@@ -158,22 +161,30 @@ def latent_hint(x: torch.Tensor, foreground: torch.Tensor, factor: int) -> torch
     return torch.nn.functional.avg_pool2d(v, factor)
 
 
-def train_vae(cfg: UNetModelConfig, work: Path) -> None:
-    """Reconstruction (foreground-weighted MSE + tiny KL + latent hint) of the posterior mean on whole frames."""
+def train_vae(cfg: UNetModelConfig, work: Path, decoder_only: bool = False) -> None:
+    """Reconstruction (foreground-weighted MSE + tiny KL + latent hint) of the posterior mean on whole frames.
+
+    ``decoder_only``: continue from the ``vae`` stage with the encoder frozen (the UNet's latents stay valid).
+    """
     v = cfg.vae
     vae = _vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=v.learning_rate, weight_decay=0.0)
-    path, step = work / "vae_state.pt", 0
+    total, base_lr = (v.decoder_steps, v.decoder_learning_rate) if decoder_only else (v.steps, v.learning_rate)
+    if decoder_only:
+        vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
+    path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
     if (state := _load_state(path)) is not None:
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    data = _dataset(cfg, 10**6, cfg.seed + 1)
-    rng = np.random.default_rng([cfg.seed, 1, step])
+    data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
+    rng = np.random.default_rng([cfg.seed, 3 if decoder_only else 1, step])
     factor = 2 ** (len(v.block_out_channels) - 1)
     vae.train()
-    while step < v.steps:
-        lr = _lr(v.learning_rate, step, v.steps, v.warmup)
+    while step < total:
+        lr = _lr(base_lr, step, total, v.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         x = frames_to_pixels(np.stack([data[int(rng.integers(len(data)))].video for _ in range(v.videos_per_batch)]))
@@ -185,15 +196,16 @@ def train_vae(cfg: UNetModelConfig, work: Path) -> None:
         hint = latent_hint(x, foreground, factor)
         cell_weight = 1 + v.hint_foreground_weight * hint[:, 3:4]
         loss = rec + v.kl_weight * posterior.kl().mean() / x[0].numel()
-        loss = loss + v.latent_hint_weight * (cell_weight * (latents[:, :4] - hint) ** 2).mean()
+        if not decoder_only:
+            loss = loss + v.latent_hint_weight * (cell_weight * (latents[:, :4] - hint) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 10 == 0:
-            _log(work, f"vae step {step} rec {rec.item():.4f} total {loss.item():.4f} lr {lr:.2e}")
-        if step % cfg.checkpoint_every == 0 or step == v.steps:
+            _log(work, f"{'decoder' if decoder_only else 'vae'} step {step} rec {rec.item():.4f} total {loss.item():.4f} lr {lr:.2e}")
+        if step % cfg.checkpoint_every == 0 or step == total:
             _save_state(path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
 
 
@@ -285,7 +297,8 @@ def assemble(cfg: UNetModelConfig, work: Path, out: Path, use_ema: bool = True) 
 
     meta = json.loads((work / "latents.json").read_text())
     vae = _vae(cfg, meta["scaling_factor"])
-    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    decoder_path = work / "vae_decoder_state.pt"  # the decoder stage keeps the encoder the latents came from
+    vae.load_state_dict(torch.load(decoder_path if decoder_path.exists() else work / "vae_state.pt", weights_only=False)["model"])
     unet = _unet(cfg)
     state = torch.load(work / "unet_state.pt", weights_only=False)
     unet.load_state_dict(state["ema" if use_ema else "model"])
@@ -313,7 +326,8 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
     torch.manual_seed(cfg.seed)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    steps = {"vae": train_vae, "latents": encode_latents, "unet": train_unet}
+    steps = {"vae": train_vae, "latents": encode_latents, "unet": train_unet,
+             "decoder": lambda c, w: train_vae(c, w, decoder_only=True)}
     for stage in stages:
         _log(work, f"stage {stage}")
         if stage == "assemble":
