@@ -114,7 +114,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
         title="BroadWay on the trained tiny UNet video model",
         intro=(f"Model: `vidattn.pipelines.unet_video_model` (AnimateDiffPipeline, UNetMotionModel, trained on the shapes "
                f"data; docs/broadway.md). Settings: {UNET_FRAMES} frames of {UNET_HEIGHT}x{UNET_WIDTH}, {UNET_STEPS} DDIM steps, "
-               f"guidance {UNET_GUIDANCE} (no CFG; BroadWay's energy uses the whole batch), each preset from the same "
+               f"classifier-free guidance {UNET_GUIDANCE} (BroadWay's energy from the conditional half), each preset from the same "
                f"initial noise as stock. Frame strip: prompt {captions[0]!r}, seed {seeds[0]}; rows: {', '.join(names)}."),
         tables=[table],
         notes=notes,
