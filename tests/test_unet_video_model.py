@@ -28,7 +28,8 @@ def test_folder_is_a_small_safetensors_animatediff_pipeline():
 
 
 def test_loads_offline_and_draws_the_prompts_colour_moving_its_way(monkeypatch):
-    """Real behaviour: a fixed prompt and seed give frames whose shape has the prompt's colour (read off the pixels)."""
+    """Real behaviour: a fixed prompt and seed give frames whose shape has the prompt's colour and moves its way
+    (both read off the pixels)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from diffusers import AnimateDiffPipeline, UNetMotionModel
 
@@ -43,8 +44,9 @@ def test_loads_offline_and_draws_the_prompts_colour_moving_its_way(monkeypatch):
                   guidance_scale=UNET_GUIDANCE, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert np.asarray(frames).shape == (2, UNET_FRAMES, UNET_HEIGHT, UNET_WIDTH, 3)
     acc = prompt_accuracy(list(frames), prompts)
-    for recovered, colour in zip(acc.recovered, ("red", "blue")):
+    for recovered, colour, direction in zip(acc.recovered, ("red", "blue"), ("right", "down")):
         assert recovered.frames_showing(colour) >= 0.75 * UNET_FRAMES, recovered.verdict(colour)
+        assert recovered.direction == direction, recovered.verdict(colour)
 
 
 def test_shipped_config_is_the_default_and_unknown_keys_are_refused(tmp_path):
