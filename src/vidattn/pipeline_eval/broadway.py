@@ -51,6 +51,22 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f}"
 
 
+def paired_differences(metrics: dict[str, dict[str, list[float]]], name: str) -> dict[str, tuple[float, float]]:
+    """Preset minus stock per (prompt, seed) video: (mean, 95 % half-width 1.96 sd / sqrt(n)) of each metric, plus
+    ``accuracy`` (colour share x right direction) and ``direction_flips`` (wrong -> right, right -> wrong counts)."""
+    out = {}
+    for key in ("motion", "travel", "warp", "accuracy"):
+        if key == "accuracy":
+            a, b = (np.asarray(metrics[n]["color"]) * np.asarray(metrics[n]["direction"]) for n in (name, "stock"))
+        else:
+            a, b = np.asarray(metrics[name][key]), np.asarray(metrics["stock"][key])
+        d = a - b
+        out[key] = (float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"))
+    a, b = np.asarray(metrics[name]["direction"]), np.asarray(metrics["stock"]["direction"])
+    out["direction_flips"] = (float(np.sum((a > b))), float(np.sum(a < b)))
+    return out
+
+
 def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineReport:
     """Stock vs each BroadWay preset on the shipped UNet video model; the report's table, notes and one frame strip."""
     check_int("prompts", prompts, 1)
@@ -86,7 +102,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
         seed_means = np.asarray(m["motion"]).reshape(len(seeds), prompts).mean(1)
         rows.append([
             name, setting, f"{np.mean(m['motion']):.5f} (sd over seeds {seed_means.std():.5f})",
-            "-" if cfg is None else f"{np.mean(ratio) - 1:+.1%}", f"{np.mean(m['travel']):.2f}", _fmt(m["warp"], 5),
+            "-" if cfg is None else f"{np.mean(ratio) - 1:+.1%}", f"{np.mean(m['travel']):.2f}", _fmt(m["warp"], 6),
             f"{np.mean(np.asarray(m['color']) * np.asarray(m['direction'])):.3f}", _fmt(m["color"], 3), _fmt(m["direction"], 3),
             f"{np.mean(maps_changed[name]):.0f}",
         ])
@@ -96,6 +112,14 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
         ["setting", "BroadWay", "motion energy", "motion vs stock (paired)", "centroid travel (px)", "warping error",
          "prompt accuracy", "colour (per frame)", "direction", "maps changed / run"],
         rows,
+    )
+    paired = {name: paired_differences(per, name) for name in PRESETS}
+    pm = lambda v, digits: f"{v[0]:+.{digits}f} ± {v[1]:.{digits}f}"  # noqa: E731
+    paired_table = Table(
+        "Paired differences, preset minus stock on the same (prompt, seed, noise): mean ± 95 % half-width (1.96 sd / sqrt(n))",
+        ["setting", "motion energy", "centroid travel (px)", "warping error", "prompt accuracy", "direction wrong->right / right->wrong"],
+        [[name, pm(d["motion"], 5), pm(d["travel"], 2), pm(d["warp"], 5), pm(d["accuracy"], 3),
+          f"{d['direction_flips'][0]:.0f} / {d['direction_flips'][1]:.0f}"] for name, d in paired.items()],
     )
     notes = [
         "**Metrics.** motion energy: mean squared difference of consecutive frames (pixels in [0, 1]). centroid travel: "
@@ -116,8 +140,8 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
                f"data; docs/broadway.md). Settings: {UNET_FRAMES} frames of {UNET_HEIGHT}x{UNET_WIDTH}, {UNET_STEPS} DDIM steps, "
                f"classifier-free guidance {UNET_GUIDANCE} (BroadWay's energy from the conditional half), each preset from the same "
                f"initial noise as stock. Frame strip: prompt {captions[0]!r}, seed {seeds[0]}; rows: {', '.join(names)}."),
-        tables=[table],
+        tables=[table, paired_table],
         notes=notes,
         strips={"broadway": frame_strip(strip_videos, count=8, scale=4)},
-        data={"prompts": captions, "seeds": seeds, "metrics": per, "maps_changed": maps_changed, "max_pixel_change": changed_pixels},
+        data={"prompts": captions, "seeds": seeds, "metrics": per, "paired": paired, "maps_changed": maps_changed, "max_pixel_change": changed_pixels},
     )
