@@ -118,7 +118,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
     paired_table = Table(
         "Paired differences, preset minus stock on the same (prompt, seed, noise): mean ± 95 % half-width (1.96 sd / sqrt(n))",
         ["setting", "motion energy", "centroid travel (px)", "warping error", "prompt accuracy", "direction wrong->right / right->wrong"],
-        [[name, pm(d["motion"], 5), pm(d["travel"], 2), pm(d["warp"], 5), pm(d["accuracy"], 3),
+        [[name, pm(d["motion"], 5), pm(d["travel"], 2), pm(d["warp"], 7), pm(d["accuracy"], 3),
           f"{d['direction_flips'][0]:.0f} / {d['direction_flips'][1]:.0f}"] for name, d in paired.items()],
     )
     notes = [
