@@ -51,6 +51,10 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f}"
 
 
+def _pm(value: tuple[float, float], digits: int) -> str:
+    return f"{value[0]:+.{digits}f} ± {value[1]:.{digits}f}"
+
+
 def paired_differences(metrics: dict[str, dict[str, list[float]]], name: str) -> dict[str, tuple[float, float]]:
     """Preset minus stock per (prompt, seed) video: (mean, 95 % half-width 1.96 sd / sqrt(n)) of each metric, plus
     ``accuracy`` (colour share x right direction) and ``direction_flips`` (wrong -> right, right -> wrong counts)."""
@@ -114,11 +118,10 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None) -> PipelineRep
         rows,
     )
     paired = {name: paired_differences(per, name) for name in PRESETS}
-    pm = lambda v, digits: f"{v[0]:+.{digits}f} ± {v[1]:.{digits}f}"  # noqa: E731
     paired_table = Table(
         "Paired differences, preset minus stock on the same (prompt, seed, noise): mean ± 95 % half-width (1.96 sd / sqrt(n))",
         ["setting", "motion energy", "centroid travel (px)", "warping error", "prompt accuracy", "direction wrong->right / right->wrong"],
-        [[name, pm(d["motion"], 5), pm(d["travel"], 2), pm(d["warp"], 7), pm(d["accuracy"], 3),
+        [[name, _pm(d["motion"], 5), _pm(d["travel"], 2), _pm(d["warp"], 7), _pm(d["accuracy"], 3),
           f"{d['direction_flips'][0]:.0f} / {d['direction_flips'][1]:.0f}"] for name, d in paired.items()],
     )
     notes = [

@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import write_bytes_atomic, write_text_atomic
+from ..atomic import replace_synced, write_bytes_atomic, write_text_atomic
 from ..checks import check_choice
 from ..data.shapes import ShapesDataset
 from .broadway import build_tokenizer
@@ -226,7 +226,7 @@ def encode_latents(cfg: UNetModelConfig, work: Path) -> None:
     z = torch.cat(latents)
     scaling = float(1.0 / z.std())
     save_file({"latents": (z * scaling).contiguous()}, str(work / ".latents.tmp.safetensors"))
-    (work / ".latents.tmp.safetensors").replace(work / "latents.safetensors")
+    replace_synced(work / ".latents.tmp.safetensors", work / "latents.safetensors")
     write_text_atomic(work / "latents.json", json.dumps({"captions": captions, "scaling_factor": scaling}))
     _log(work, f"encoded {len(captions)} videos, latent shape {tuple(z.shape[1:])}, scaling_factor {scaling:.4f}")
 
