@@ -290,11 +290,21 @@ def test_dense_steps_covering_every_step_is_warned(capsys, tmp_path):
     assert params["dense_steps"] == 2 and params["decay"] == 0.2 and capsys.readouterr().err == ""
 
 
-def test_broadway_without_model_warns_random_weights(capsys, tmp_path):
+def test_generation_defaults_follow_the_pipelines_embedded_model(capsys, tmp_path):
+    """Left-out sizes/steps/guidance are those the embedded model was trained for: broadway's UNet model, else Wan's;
+    what the user gives is kept."""
     from vidattn.cli.generate import check_generate
+    from vidattn.pipelines import default_model as wan
+    from vidattn.pipelines import unet_video_model as unet
 
-    check_generate(_generate_args(["--pipeline", "broadway", "--frames", "16", "--out", str(tmp_path / "v.mp4")]))
-    assert "random weights" in capsys.readouterr().err
+    broadway = _generate_args(["--pipeline", "broadway", "--out", str(tmp_path / "v.mp4")])
+    check_generate(broadway)
+    assert (broadway.frames, broadway.height, broadway.width, broadway.steps, broadway.guidance) == (
+        unet.UNET_FRAMES, unet.UNET_HEIGHT, unet.UNET_WIDTH, unet.UNET_STEPS, unet.UNET_GUIDANCE)
+    assert "random weights" not in capsys.readouterr().err
+    text = _generate_args(["--frames", "9", "--out", str(tmp_path / "w.mp4")])
+    check_generate(text)
+    assert (text.frames, text.height, text.steps, text.guidance) == (9, wan.DEFAULT_HEIGHT, wan.DEFAULT_STEPS, wan.DEFAULT_GUIDANCE)
 
 
 def test_shared_key_value_parser_serves_cli_and_training():

@@ -90,7 +90,27 @@ def _pipeline_params(cls, args, skip: tuple[str, ...] = ()) -> dict:
     return params
 
 
+def fill_generation_defaults(args) -> None:
+    """Frames, size, steps and guidance the user left out: what the embedded model of the pipeline was trained for (the
+    UNet video model for broadway, the Wan default model otherwise; also with --model, whose folder may differ)."""
+    from ..pipelines import default_model as wan
+    from ..pipelines import unet_video_model as unet
+
+    broadway = getattr(args, "pipeline", "text2video") == "broadway"
+    defaults = {
+        "frames": unet.UNET_FRAMES if broadway else wan.DEFAULT_FRAMES,
+        "height": unet.UNET_HEIGHT if broadway else wan.DEFAULT_HEIGHT,
+        "width": unet.UNET_WIDTH if broadway else wan.DEFAULT_WIDTH,
+        "steps": unet.UNET_STEPS if broadway else wan.DEFAULT_STEPS,
+        "guidance": unet.UNET_GUIDANCE if broadway else wan.DEFAULT_GUIDANCE,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
 def _check_common(args) -> None:
+    fill_generation_defaults(args)
     int_at_least(args.seed, 0, "--seed")
     if not isinstance(args.prompt, str) or not args.prompt.strip():
         raise UsageError("--prompt must be a non-empty text")
@@ -121,9 +141,6 @@ def check_generate(args) -> dict:
             BroadWayConfig.animatediff(**params).check_frames(args.frames)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--param: {error}") from None
-        if not args.model:
-            warn("--pipeline broadway without --model runs a tiny AnimateDiff with random weights: the video is noise "
-                 "(a smoke test); give --model PATH of an AnimateDiff or ModelScope folder")
         return params
     if args.pipeline == "streaming":
         from ..processors.streaming import StreamingConfig
@@ -188,15 +205,20 @@ def _text2video(args, params: dict) -> str | None:
 def _broadway(args, params: dict) -> str:
     from ..pipelines.broadway import load_broadway_pipeline, run_broadway_generation
     from ..pipelines.broadway_guidance import BroadWayConfig
+    from ..metrics.prompt_accuracy import parse_caption, recover
+    from ..pipelines.unet_video_model import load_unet_video_pipeline
 
-    pipe = load_broadway_pipeline(args.model)
+    pipe = load_broadway_pipeline(args.model) if args.model else load_unet_video_pipeline()
     warn_long_prompt(pipe.tokenizer, args.prompt, pipe.tokenizer.model_max_length)
     run = run_broadway_generation(
         pipe, args.prompt, BroadWayConfig.animatediff(**params), num_frames=args.frames, height=args.height,
         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=_generator(args),
     )
     write_mp4(run.frames[0], args.out)
-    return f"{len(run.frames[0])} frames, BroadWay, motion energy {run.motion[0]:.5f}"
+    shown = ""
+    if not args.model:  # the embedded model draws the shapes data: say what the frames show
+        shown = f" (frames show: {recover(run.frames[0]).verdict(parse_caption(args.prompt)['color'])})"
+    return f"{len(run.frames[0])} frames, BroadWay, motion energy {run.motion[0]:.5f}{shown}"
 
 
 def _freeswim(args, params: dict) -> str:
