@@ -16,6 +16,8 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import replace_synced, temp_name, write_text_atomic
+from ..atomic import replace_synced, write_text_atomic
 from ..checks import check_choice
 from ..data.shapes import SHAPE_COLORS, ShapesDataset
 from ..latents import latent_stats, normalise_latents
@@ -266,12 +268,12 @@ def export(cfg: CausalConfig, work: Path, out: Path, use_ema: bool = True) -> No
     saved = torch.load(work / "transformer_state.pt", weights_only=False)
     transformer.load_state_dict(saved["ema" if use_ema else "model"])
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / "diffusion_pytorch_model.safetensors"
-    tmp = temp_name(weights)
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp))
-    replace_synced(tmp, weights)
-    write_text_atomic(out / "config.json", json.dumps(dict(transformer.config), indent=1, default=list))
-    info = {"step": saved["step"], "ema": use_ema, **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "data"}, "data": dataclasses.asdict(cfg.data)}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:  # diffusers' own files, each renamed into place
+        transformer.save_pretrained(tmp, safe_serialization=True)
+        for name in ("diffusion_pytorch_model.safetensors", "config.json"):
+            os.chmod(Path(tmp) / name, 0o644)  # a package asset: readable by everyone
+            replace_synced(Path(tmp) / name, out / name)
+    info = {"step": saved["step"], "ema": use_ema, **dataclasses.asdict(cfg)}
     write_text_atomic(out / "causal.json", json.dumps(info, indent=1))
     _log(work, f"wrote {out} (step {saved['step']}, ema={use_ema})")
 
