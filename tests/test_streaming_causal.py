@@ -203,3 +203,20 @@ def test_evaluate_writes_a_row_per_model_and_mode(tmp_path):
     report.write(tmp_path)
     assert (tmp_path / "report.md").read_text().count("| causal |") == 3
     assert (tmp_path / "strip_causal_window.png").is_file()
+
+
+def test_generate_streams_the_causal_model_by_default_and_the_bidirectional_one_by_name(tmp_path, capsys, monkeypatch):
+    import imageio
+
+    from vidattn.cli.main import main
+
+    for model, name in ((None, "causal"), ("bidirectional", "bidirectional")):
+        out = tmp_path / f"{name}.mp4"
+        main(["generate", "--pipeline", "streaming", "--chunks", "2", "--out", str(out), *(["--model", model] if model else [])])
+        assert len(imageio.mimread(out)) == 9 + 12
+        assert f"with the embedded {name} model" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bidirectional").mkdir()
+    with pytest.raises(SystemExit):
+        main(["generate", "--pipeline", "streaming", "--model", "bidirectional", "--out", str(tmp_path / "x.mp4")])
+    assert "--model bidirectional: ambiguous" in capsys.readouterr().err

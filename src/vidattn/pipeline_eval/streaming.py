@@ -41,6 +41,14 @@ def load_model(name: str) -> StreamingWanPipeline:
     return pipe
 
 
+def spread_prompts(n: int) -> list[str]:
+    """``n`` of the 20 held-out prompts spread over them (5 cover every colour and direction), all 20 and more cycled beyond."""
+    pool = held_out_prompts(20)
+    if n >= len(pool):
+        return held_out_prompts(n)
+    return [pool[i] for i in np.linspace(0, len(pool), n, endpoint=False).astype(int)]
+
+
 def stream_chunks(pipe: StreamingWanPipeline, captions: list[str], seed: int, mode: str, at: tuple[int, ...]) -> dict:
     """Stream ``max(at)`` chunks of every caption (one batch); keep the frames and cache bytes per video of chunks ``at``."""
     states: list = []
@@ -83,7 +91,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None, at: tuple[int,
         check_choice("modes", mode, MODES)
     for model in models:
         check_choice("models", model, MODELS)
-    captions = held_out_prompts(prompts)
+    captions = spread_prompts(prompts)
     results: dict = {}
     rows, strips = [], {}
     started = time.perf_counter()
@@ -106,7 +114,7 @@ def evaluate(*, prompts: int, seeds: list[int], out: Path | None, at: tuple[int,
     table = Table(f"Per-frame colour share / wrap-aware direction share at chunks {', '.join(map(str, at))} "
                   f"({len(captions)} prompts x {len(seeds)} seed(s) per cell); self-attention cache per video.", headers, rows)
     info = causal_training_info() if "causal" in models else {}
-    intro = (f"{len(captions)} held-out prompts x seeds {seeds}, streamed for {max(at)} chunks of {CAUSAL_FRAMES_PER_CHUNK} latent "
+    intro = (f"{len(captions)} held-out prompts (spread over colours and directions) x seeds {seeds}, streamed for {max(at)} chunks of {CAUSAL_FRAMES_PER_CHUNK} latent "
              f"frames (12 video frames; the first chunk 9) at {SIZE}x{SIZE}, all prompts of a seed in one batch, few-step "
              f"schedule (t = 1000, 750, 500, 250, shift 5), guidance 1, {DEFAULT_MAX_SEQUENCE_LENGTH} text tokens, VAE "
              f"decoded with a fresh cache per chunk after {CAUSAL_DECODE_CONTEXT} latents of warm-up. Modes: StreamingConfig "

@@ -68,7 +68,7 @@ class CausalConfig:
     schedule_steps: list = field(default_factory=lambda: [1000, 750, 500, 250])
     schedule_shift: float = 5.0
     data: CausalDataSettings = field(default_factory=CausalDataSettings)
-    steps: int = 1200
+    steps: int = 700
     batch_size: int = 8
     learning_rate: float = 2e-4
     warmup: int = 20
