@@ -224,3 +224,16 @@ def test_generate_streams_the_causal_model_by_default_and_the_bidirectional_one_
     with pytest.raises(SystemExit):
         main(["generate", "--pipeline", "streaming", "--model", "bidirectional", "--out", str(tmp_path / "x.mp4")])
     assert "--model bidirectional: ambiguous" in capsys.readouterr().err
+
+
+def test_stream_speed_counts_seams_so_a_restarting_stream_does_not_move():
+    from vidattn.metrics.prompt_accuracy import foreground_masks
+    from vidattn.metrics.wrapped_motion import circular_centroids
+    from vidattn.pipeline_eval.streaming import stream_speed
+
+    caption = "a red circle moving right on a black background"
+    video = render_video("red", "circle", "right", frames=97, start=(0.5, 0.5), travel=0.025 * 96, wrap=True)
+    steady = stream_speed(circular_centroids(foreground_masks(video)), caption)
+    assert abs(steady - 1.6) < 0.05  # 0.025 of 64 px per frame, across two wraps
+    restarting = np.concatenate([video[:12]] * 8)  # the same chunk again and again: forward, then a jump back
+    assert abs(stream_speed(circular_centroids(foreground_masks(restarting)), caption)) < 0.2
