@@ -28,6 +28,24 @@ DEMO_BENCH_MAX_TOKENS = 80_000
 
 
 
+# `generate --pipeline streaming --model NAME`: the embedded models it takes by name (default: causal).
+STREAMING_MODELS = ("causal", "bidirectional")
+
+
+def embedded_stream_model(args) -> str | None:
+    """``causal`` or ``bidirectional`` when ``--pipeline streaming`` runs an embedded model, None for a ``--model`` folder."""
+    if getattr(args, "pipeline", "text2video") != "streaming":
+        return None
+    if not args.model:
+        return "causal"
+    if args.model in STREAMING_MODELS:
+        if Path(args.model).exists():
+            raise UsageError(f"--model {args.model}: ambiguous, a folder of that name exists and {args.model!r} also names an "
+                             f"embedded streaming model; give ./{args.model} for the folder")
+        return args.model
+    return None
+
+
 def _generator(args) -> torch.Generator:
     return torch.Generator().manual_seed(args.seed)
 
@@ -36,7 +54,7 @@ def _text_tokens(args) -> int:
     """Prompt length: the embedded model was trained on 16-token prompts; diffusers' Wan default is 512."""
     from ..evaluation import DEFAULT_MAX_SEQUENCE_LENGTH
 
-    return 512 if args.model else DEFAULT_MAX_SEQUENCE_LENGTH
+    return 512 if args.model and not embedded_stream_model(args) else DEFAULT_MAX_SEQUENCE_LENGTH
 
 
 def method_params(method: str, args, tiny_grid: bool | None = None, warm_up: bool = True) -> dict:
@@ -114,13 +132,14 @@ def _check_common(args) -> None:
     int_at_least(args.seed, 0, "--seed")
     if not isinstance(args.prompt, str) or not args.prompt.strip():
         raise UsageError("--prompt must be a non-empty text")
-    if args.model:
+    if args.model and not embedded_stream_model(args):
         check_model_folder(args.model, getattr(args, "pipeline", "text2video"))
 
 
 def _check_prompt_embedded(args) -> None:
     """The embedded model's tokenizer is built in code: check the prompt before loading anything."""
-    if not args.model and getattr(args, "pipeline", "text2video") != "broadway":
+    embedded = not args.model or embedded_stream_model(args)
+    if embedded and getattr(args, "pipeline", "text2video") != "broadway":
         from ..pipelines.default_model import build_tokenizer
 
         warn_long_prompt(build_tokenizer(), args.prompt, _text_tokens(args))
@@ -236,16 +255,24 @@ def _freeswim(args, params: dict) -> str:
 
 
 def _streaming(args, params: dict) -> str:
+    """Streams with ``--model`` (a block-causal Wan folder), or the embedded causal model (``--model bidirectional``:
+    the embedded bidirectional one); the embedded models decode with the windowed VAE cache (docs/streaming.md)."""
+    from ..pipelines.default_model_causal import CAUSAL_DECODE_CONTEXT, load_causal_pipeline
     from ..pipelines.streaming import StreamingWanPipeline, stream_to_mp4
     from ..processors.streaming import StreamingConfig
 
-    pipe = StreamingWanPipeline.from_pipe(_load(args))
+    embedded = embedded_stream_model(args)
+    if embedded == "causal":
+        pipe = load_causal_pipeline()
+    else:
+        pipe = StreamingWanPipeline.from_pipe(load_pipeline(None) if embedded else _load(args))
     written = stream_to_mp4(
         pipe, args.prompt, args.out, args.chunks, attention=StreamingConfig(**params),
         frames_per_chunk=args.frames_per_chunk, height=args.height, width=args.width, guidance_scale=args.guidance, generator=_generator(args),
-        max_sequence_length=_text_tokens(args),
+        max_sequence_length=_text_tokens(args), decode_context=CAUSAL_DECODE_CONTEXT if embedded else None,
     )
-    return f"{written} frames streamed in {args.chunks} chunks"
+    model = f"the embedded {embedded} model" if embedded else args.model
+    return f"{written} frames streamed in {args.chunks} chunks with {model}"
 
 
 def cmd_generate(args) -> None:

@@ -65,12 +65,14 @@ def render_video(
     start: tuple[float, float] = (0.3, 0.5),
     radius: float = 0.14,
     travel: float = 0.4,
+    wrap: bool = False,
 ) -> np.ndarray:
     """A (frames, height, width, 3) float32 video in [0, 1].
 
     ``start`` is the centre at frame 0 as fractions of (width, height); the shape moves ``travel`` times the
     frame size along ``direction`` over the whole clip (so longer clips move more slowly); ``radius`` is a
-    fraction of min(height, width).
+    fraction of min(height, width). ``wrap``: the frame is a torus (a shape leaving one edge comes back in at the
+    opposite one, drawn in both places while it crosses), so a long clip keeps moving the caption's way.
     """
     _check("color", color, SHAPE_COLORS)
     _check("direction", direction, DIRECTIONS)
@@ -88,7 +90,13 @@ def render_video(
         t = f / (frames - 1) if frames > 1 else 0.0
         cx = (start[0] + ux * travel * t) * width
         cy = (start[1] + uy * travel * t) * height
-        video[f][shape_mask(shape, cx, cy, r, height, width)] = COLORS[color]
+        if not wrap:
+            video[f][shape_mask(shape, cx, cy, r, height, width)] = COLORS[color]
+            continue
+        cx, cy = cx % width, cy % height
+        for ox in (-width, 0, width):  # the copies one frame size away cover the part past an edge
+            for oy in (-height, 0, height):
+                video[f][shape_mask(shape, cx + ox, cy + oy, r, height, width)] = COLORS[color]
     return video
 
 
@@ -109,6 +117,8 @@ class ShapesDataset:
 
     The start position is drawn so that the shape stays fully inside the frame for the whole clip;
     ``position_jitter`` < 1 shrinks its range towards the centre (0: every clip of a direction starts alike).
+    ``wrap=True`` (long clips, any ``travel``): the shape wraps around the edges (see :func:`render_video`) and
+    starts fully inside the frame, drawn as if it did not move.
     """
 
     def __init__(
@@ -126,6 +136,7 @@ class ShapesDataset:
         radius: tuple[float, float] = (0.12, 0.16),
         travel: float = 0.4,
         position_jitter: float = 1.0,
+        wrap: bool = False,
     ) -> None:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -139,13 +150,14 @@ class ShapesDataset:
                 _check(name, v, allowed)
         if not 0 <= position_jitter <= 1:
             raise ValueError(f"position_jitter must be in [0, 1] (0: centred starts, 1: anywhere the shape fits), got {position_jitter!r}")
-        if not (0 < radius[0] <= radius[1] and travel >= 0 and 2 * radius[1] + travel < 1):
-            raise ValueError(f"radius {radius} and travel {travel} must leave room to move: 2 * radius[1] + travel < 1")
+        if not (0 < radius[0] <= radius[1] and travel >= 0 and 2 * radius[1] + (0 if wrap else travel) < 1):
+            raise ValueError(f"radius {radius} and travel {travel} must leave room to move: 2 * radius[1] + travel < 1 "
+                             "(or wrap=True for long clips)")
         self.num_samples = num_samples
         self.frames, self.height, self.width = frames, height, width
         self.seed = seed
         self.colors, self.shapes, self.directions, self.backgrounds = tuple(colors), tuple(shapes), tuple(directions), tuple(backgrounds)
-        self.radius, self.travel, self.position_jitter = radius, travel, position_jitter
+        self.radius, self.travel, self.position_jitter, self.wrap = radius, travel, position_jitter, wrap
 
     def __len__(self) -> int:
         return self.num_samples
@@ -167,9 +179,9 @@ class ShapesDataset:
         for u, size in ((ux, self.width), (uy, self.height)):  # per axis: room for the radius at both ends
             r = radius * short / size
             lo, hi = r, 1.0 - r
-            if u > 0:
+            if u > 0 and not self.wrap:
                 hi -= self.travel
-            elif u < 0:
+            elif u < 0 and not self.wrap:
                 lo += self.travel
             u = float(rng.uniform(lo, hi))
             start.append(u if self.position_jitter == 1 else (lo + hi) / 2 + self.position_jitter * (u - (lo + hi) / 2))
@@ -179,7 +191,7 @@ class ShapesDataset:
         a = self.attributes(index)
         video = render_video(
             a["color"], a["shape"], a["direction"], a["background"], frames=self.frames, height=self.height,
-            width=self.width, start=a["start"], radius=a["radius"], travel=self.travel,
+            width=self.width, start=a["start"], radius=a["radius"], travel=self.travel, wrap=self.wrap,
         )
         return ShapeSample(video, make_caption(a["color"], a["shape"], a["direction"], a["background"]),
                            a["color"], a["shape"], a["direction"], a["background"])

@@ -27,19 +27,38 @@ from .stream_state import StreamState, apply_streaming_attention, remove_streami
 class CausalStreamDecoder:
     """Decodes latent chunks in order through Wan's causal VAE, carrying its temporal conv cache across chunks.
 
-    Chunk-by-chunk decoding equals decoding all latents at once (the VAE decodes frame by frame with the same
-    cache), and memory stays bounded: the cache holds the last two frames of each causal conv.
+    ``context_latents=None``: one cache for the whole stream, so chunk-by-chunk decoding equals decoding all latents
+    at once (the VAE decodes frame by frame with the same cache); memory stays bounded (the cache holds the last two
+    frames of each causal conv). ``context_latents=k``: each chunk is decoded with a fresh cache after ``k`` latent
+    frames of warm-up (the previous chunk's last ones; their frames are dropped): no longer exact, but a VAE trained
+    on short clips does not drift over a long stream (the embedded model's turns red into green past ~30 frames).
     """
 
-    def __init__(self, vae) -> None:
+    def __init__(self, vae, context_latents: int | None = None) -> None:
+        if context_latents is not None:
+            check_int("context_latents", context_latents, 0)
         self.vae = vae
-        convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-        self.feat_cache: list = [None] * convs
+        self.context_latents = context_latents
+        self.convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+        self.feat_cache: list = [None] * self.convs
         self.first = True
+        self.history: torch.Tensor | None = None  # the last context_latents latents (windowed mode)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, z, f, h, w) normalised latents -> (B, 3, T, H, W) video in [-1, 1] (T = 1 + 4(f-1) for the first chunk, else 4f)."""
+        if self.context_latents is None:
+            return self._decode(latents)
+        history = self.history
+        x = latents if history is None else torch.cat([history, latents], dim=2)
+        self.feat_cache, self.first = [None] * self.convs, True
+        out = self._decode(x)
+        if history is not None:
+            out = out[:, :, 1 + 4 * (history.shape[2] - 1) :]  # warm-up frames: 1 for the first latent, 4 for each other
+        self.history = x[:, :, max(0, x.shape[2] - self.context_latents) :] if self.context_latents else None
+        return out
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.vae
         x = vae.post_quant_conv(denormalise_latents(latents, *latent_stats(vae)).to(vae.dtype))  # kernel 1: no temporal context
         outs = []
@@ -138,12 +157,14 @@ class StreamingWanPipeline(WanPipeline):
         attention: StreamingConfig | str = "hybrid",
         frames_per_chunk: int = 3,
         output_type: str = "np",
+        decode_context: int | None = None,
         **kwargs,
     ) -> Iterator[np.ndarray | torch.Tensor]:
         """Yield decoded frames chunk by chunk: (B, T, H, W, 3) in [0, 1] for ``"np"``, (B, 3, T, H, W) in [-1, 1]
-        for ``"pt"``, clean latents for ``"latent"``. Other keyword arguments go to :meth:`stream_latents`."""
+        for ``"pt"``, clean latents for ``"latent"``. ``decode_context``: see :class:`CausalStreamDecoder`
+        (``context_latents``; None = exact). Other keyword arguments go to :meth:`stream_latents`."""
         check_choice("output_type", output_type, ("np", "pt", "latent"))
-        decoder = CausalStreamDecoder(self.vae)
+        decoder = CausalStreamDecoder(self.vae, decode_context)
         for latents in self.stream_latents(prompt, num_chunks, attention, frames_per_chunk, **kwargs):
             if output_type == "latent":
                 yield latents
