@@ -50,6 +50,8 @@ class VAESettings:
     decoder_learning_rate: float = 1e-3
     decoder_clip_frames: int | None = None  # clip length of the decoder stage (None: clip_frames); 17 = whole clips
     decoder_sizes: list | None = None  # frame heights the decoder stage cycles through, step by step (None: height)
+    decoder_anchor_weight: float = 0.0  # at the trained size, keep the starting decoder's output on noisy latents
+    decoder_anchor_noise: float = 0.5   # ... latents + this x per-channel std x N(0, 1) (off the clean-clip manifold)
     crop_on_shape: bool = True     # centre each crop near the shape (every crop shows one) instead of anywhere
     hint_foreground_weight: float = 8.0  # extra latent-hint weight on cells the shape covers (colour must survive)
     warmup: int = 50
@@ -235,6 +237,7 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False, init:
         vae.load_state_dict(start)
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)
+    teacher = copy.deepcopy(vae).eval().requires_grad_(False) if decoder_only and v.decoder_anchor_weight else None
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
     state_path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
     if state_path.exists():
@@ -281,6 +284,12 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False, init:
         rec = (weight * (recon - x) ** 2).mean()
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + v.kl_weight * kl
+        if teacher is not None and size == cfg.height:
+            # generated latents are not clean encodings: keep the starting decoder's (right) colours near them
+            noisy = latents + v.decoder_anchor_noise * latents.std(dim=(0, 2, 3, 4), keepdim=True) * torch.randn_like(latents)
+            with torch.no_grad():
+                target = teacher.decode(noisy).sample
+            loss = loss + v.decoder_anchor_weight * ((vae.decode(noisy).sample - target) ** 2).mean()
         if not decoder_only:
             hint = latent_hint(x, foreground)
             cell_weight = 1 + v.hint_foreground_weight * (hint[:, 3:4] + 1) / 2  # coverage in [0, 1]
