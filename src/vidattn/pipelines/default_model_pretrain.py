@@ -14,6 +14,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,8 +441,6 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
     init = shipped_vae_path() if from_shipped else None
     if init is not None and not (work / "init_vae").exists():
         # a copy of the starting VAE: resuming or assembling later must not start from weights already overwritten
-        import shutil
-
         shutil.copytree(init, work / "init_vae.tmp", dirs_exist_ok=True)
         (work / "init_vae.tmp").replace(work / "init_vae")
     init = work / "init_vae" if init is not None else None
