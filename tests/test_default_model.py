@@ -88,3 +88,38 @@ def test_vae_keeps_the_colour_in_every_frame(pipe):
         shape = video.max(-1) > 0.5
         worst.append(max(np.abs(y[i][shape[i]].mean(0) - video[i][shape[i]].mean(0)).max() for i in range(len(video))))
     assert max(worst) < 0.15, dict(zip(SHAPE_COLORS, np.round(worst, 3)))  # the 9-frame-trained VAE reached 0.59 (red -> yellow)
+
+
+def test_decoder_stage_from_shipped_trains_only_the_decoder_and_writes_only_the_vae(tmp_path):
+    """`--from-shipped --stages decoder,assemble` (2 steps, 64x64 and 128x128, anchored): the encoder and the VAE
+    config stay the shipped ones, the decoder moves, and nothing but <out>/vae is written."""
+    from safetensors.torch import load_file
+
+    from vidattn.pipelines import default_model_pretrain as pretrain
+
+    config = tmp_path / "c.yaml"
+    config.write_text("checkpoint_every: 1\nvae: {decoder_steps: 2, batch_size: 1, decoder_clip_frames: 5, "
+                      "decoder_sizes: [64, 128], decoder_anchor_weight: 1.0}\n")
+    torch.set_num_threads(1)
+    pretrain.run(config, tmp_path / "work", tmp_path / "out", ("decoder", "assemble"), from_shipped=True)
+    shipped = Path(default_model_path()) / "vae"
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == [
+        "vae", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    assert json.loads((tmp_path / "out/vae/config.json").read_text()) == json.loads((shipped / "config.json").read_text())
+    old, new = (load_file(str(d / "diffusion_pytorch_model.safetensors")) for d in (shipped, tmp_path / "out/vae"))
+    assert old.keys() == new.keys()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert torch.load(tmp_path / "work/vae_decoder_state.pt", weights_only=False)["step"] == 2
+
+
+def test_decoder_stage_options_are_checked(tmp_path):
+    from vidattn.pipelines import default_model_pretrain as pretrain
+
+    config = tmp_path / "c.yaml"
+    config.write_text("vae: {decoder_sizes: [64, 96]}\n")
+    with pytest.raises(ValueError, match="decoder_sizes must be whole multiples of height 64"):
+        pretrain.load_config(config)
+    with pytest.raises(ValueError, match="--from-shipped runs only the stages decoder and assemble"):
+        pretrain.run(None, tmp_path / "work", tmp_path / "out", ("transformer",), from_shipped=True)

@@ -99,10 +99,9 @@ def test_vae_keeps_the_colour_at_the_trained_size():
     assert _vae_round_trip_colours(64) == ("yellow",) * 17
 
 
-@pytest.mark.xfail(strict=True, reason="the default VAE was trained at 64x64; on this clip rendered at 128x128 (FreeSwim's output "
-                   "size, the shape twice as large) its round trip turns yellow green in frames 10-16 (docs/freeswim.md)")
 def test_vae_keeps_the_colour_of_a_shape_twice_the_trained_size():
-    """Why FreeSwim's 128x128 videos lose some yellow frames: the VAE alone, no transformer, on a clean rendered clip."""
+    """FreeSwim's output size, the shape twice as large: before the 128x128 decoder stage this round trip turned yellow
+    green in frames 10-16 (FreeSwim's 128x128 videos lost yellow frames); the VAE alone, on a clean rendered clip."""
     assert _vae_round_trip_colours(128) == ("yellow",) * 17
 
 

@@ -5,6 +5,7 @@ dataset once, set the VAE's latent mean/std), ``transformer`` (flow matching), `
 training with the encoder frozen, so the latents stay valid; can run beside ``transformer``), ``assemble``.
 Reproduce the committed weights with
 ``python -m vidattn.pipelines.default_model_pretrain --config configs/default_model.yaml --work outputs/pretrain --out src/vidattn/assets/default_model``.
+``--from-shipped --stages decoder,assemble`` fine-tunes only the shipped VAE's decoder and rewrites only its folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
 from ..latents import normalise_latents
 from ..flow_matching import flow_matching_loss
-from .default_model import build_tokenizer
+from .default_model import build_tokenizer, default_model_path
 
 STAGES = ("vae", "latents", "transformer", "decoder", "assemble")
 
@@ -48,6 +50,9 @@ class VAESettings:
     decoder_steps: int = 0
     decoder_learning_rate: float = 1e-3
     decoder_clip_frames: int | None = None  # clip length of the decoder stage (None: clip_frames); 17 = whole clips
+    decoder_sizes: list | None = None  # frame heights the decoder stage cycles through, step by step (None: height)
+    decoder_anchor_weight: float = 0.0  # at the trained size, keep the starting decoder's output on noisy latents
+    decoder_anchor_noise: float = 0.5   # ... latents + this x per-channel std x N(0, 1) (off the clean-clip manifold)
     crop_on_shape: bool = True     # centre each crop near the shape (every crop shows one) instead of anywhere
     hint_foreground_weight: float = 8.0  # extra latent-hint weight on cells the shape covers (colour must survive)
     warmup: int = 50
@@ -104,6 +109,10 @@ class PretrainConfig:
             raise ValueError(f"frames must be 4k + 1 (the Wan VAE's 4x temporal compression), got {self.frames}")
         if self.height % 8 or self.width % 8:
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+        for size in self.vae.decoder_sizes or []:
+            if not isinstance(size, int) or size % self.height:
+                raise ValueError(f"vae.decoder_sizes must be whole multiples of height {self.height} (the width scales "
+                                 f"alike), got {self.vae.decoder_sizes!r}")
 
 
 def _build(cls, data: dict, where: str):
@@ -177,8 +186,10 @@ def to_pixels(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() * 2 - 1
 
 
-def _dataset(cfg: PretrainConfig, num: int, seed: int, frames: int | None = None, position_jitter: float = 1.0) -> ShapesDataset:
-    return ShapesDataset(num, frames=frames or cfg.frames, height=cfg.height, width=cfg.width, seed=seed,
+def _dataset(cfg: PretrainConfig, num: int, seed: int, frames: int | None = None, position_jitter: float = 1.0,
+             scale: int = 1) -> ShapesDataset:
+    """The shapes dataset at ``scale`` times the config's frame size (shape radius and travel scale with it)."""
+    return ShapesDataset(num, frames=frames or cfg.frames, height=scale * cfg.height, width=scale * cfg.width, seed=seed,
                          colors=tuple(cfg.colors), backgrounds=tuple(cfg.backgrounds), position_jitter=position_jitter)
 
 
@@ -208,18 +219,26 @@ def latent_hint(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool3d(chunks, (1, 8, 8))
 
 
-def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> None:
+def shipped_vae_path() -> Path:
+    """The VAE folder of the embedded default model (the start of ``--from-shipped``)."""
+    return Path(default_model_path()) / "vae"
+
+
+def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False, init: Path | None = None) -> None:
     """Reconstruction (foreground-weighted MSE + tiny KL) of the posterior mean on random crops of short clips.
 
-    ``decoder_only``: continue from the ``vae`` stage with the encoder frozen (its latents stay valid).
+    ``decoder_only``: continue from the ``vae`` stage (or from the VAE folder ``init``) with the encoder frozen
+    (its latents stay valid), cycling through the frame sizes ``decoder_sizes`` (crops scale with the size).
     """
     v = cfg.vae
     vae = build_vae(cfg)
     total, base_lr = (v.decoder_steps, v.decoder_learning_rate) if decoder_only else (v.steps, v.learning_rate)
     if decoder_only:
-        vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+        start = load_file(str(init / "diffusion_pytorch_model.safetensors")) if init else torch.load(work / "vae_state.pt", weights_only=False)["model"]
+        vae.load_state_dict(start)
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)
+    teacher = copy.deepcopy(vae).eval().requires_grad_(False) if decoder_only and v.decoder_anchor_weight else None
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
     state_path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
     if state_path.exists():
@@ -227,30 +246,35 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-    data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
+    sizes = (v.decoder_sizes or [cfg.height]) if decoder_only else [cfg.height]
+    datasets = {size: _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1), scale=size // cfg.height) for size in sizes}
     # The causal VAE decodes chunk by chunk through a cache: clips of 9 frames never train the third chunk onwards,
     # and it drifted in colour there (red decoded yellow in frames 13-16); the decoder stage sees whole clips.
     clip_frames = v.decoder_clip_frames if decoder_only and v.decoder_clip_frames else v.clip_frames
-    rng = np.random.default_rng([cfg.seed, 1, step])
+    rng = np.random.default_rng([cfg.seed, 1, step] + ([3] if init else []))
     vae.train()
     while step < total:
         lr = base_lr * min(1.0, (step + 1) / max(v.warmup, 1)) * 0.5 * (1 + np.cos(np.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
+        # a step per size in turn: FreeSwim decodes at 2x the trained size, where the shape is twice as large
+        size = sizes[step % len(sizes)]
+        data, scale = datasets[size], size // cfg.height
+        crop, height, width = v.crop * scale, cfg.height * scale, cfg.width * scale
         clips, backgrounds = [], []
         for _ in range(v.batch_size):
             sample = data[int(rng.integers(len(data)))]
             video = sample.video
             backgrounds.append(COLORS[sample.background])
             f0 = int(rng.integers(cfg.frames - clip_frames + 1))
-            y0, x0 = (int(rng.integers(s - v.crop + 1)) for s in (cfg.height, cfg.width))
+            y0, x0 = (int(rng.integers(s - crop + 1)) for s in (height, width))
             if v.crop_on_shape:
                 mid = video[f0 + clip_frames // 2]
                 ys, xs = np.nonzero(np.abs(mid - np.asarray(COLORS[sample.background])).max(-1) > 0.1)
                 if len(xs):
-                    y0, x0 = (int(np.clip(round(c) - v.crop // 2 + rng.integers(-v.crop // 4, v.crop // 4 + 1), 0, s - v.crop))
-                              for c, s in ((ys.mean(), cfg.height), (xs.mean(), cfg.width)))
-            clips.append(video[f0 : f0 + clip_frames, y0 : y0 + v.crop, x0 : x0 + v.crop])
+                    y0, x0 = (int(np.clip(round(c) - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, s - crop))
+                              for c, s in ((ys.mean(), height), (xs.mean(), width)))
+            clips.append(video[f0 : f0 + clip_frames, y0 : y0 + crop, x0 : x0 + crop])
         x = to_pixels(np.stack(clips))
         posterior = vae.encode(x).latent_dist
         latents = posterior.mode()  # a deterministic autoencoder: the mean is the latent
@@ -261,6 +285,12 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         rec = (weight * (recon - x) ** 2).mean()
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + v.kl_weight * kl
+        if teacher is not None and size == cfg.height:
+            # generated latents are not clean encodings: keep the starting decoder's (right) colours near them
+            noisy = latents + v.decoder_anchor_noise * latents.std(dim=(0, 2, 3, 4), keepdim=True) * torch.randn_like(latents)
+            with torch.no_grad():
+                target = teacher.decode(noisy).sample
+            loss = loss + v.decoder_anchor_weight * ((vae.decode(noisy).sample - target) ** 2).mean()
         if not decoder_only:
             hint = latent_hint(x, foreground)
             cell_weight = 1 + v.hint_foreground_weight * (hint[:, 3:4] + 1) / 2  # coverage in [0, 1]
@@ -271,7 +301,7 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False) -> No
         opt.step()
         step += 1
         if step % 10 == 0:
-            _log(work, f"{'decoder' if decoder_only else 'vae'} step {step} rec {rec.item():.4f} total {loss.item():.4f} lr {lr:.2e}")
+            _log(work, f"{'decoder' if decoder_only else 'vae'} step {step} size {size} rec {rec.item():.4f} total {loss.item():.4f} lr {lr:.2e}")
         if step % cfg.checkpoint_every == 0 or step == total:
             _save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
 
@@ -374,15 +404,46 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
     _log(work, f"wrote {out} (transformer step {state['step']}, ema={use_ema})")
 
 
-def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
-    """Run the named stages in order (each resumes from ``work``)."""
+def write_vae(cfg: PretrainConfig, work: Path, out: Path, init: Path) -> None:
+    """``--from-shipped`` assemble: only ``<out>/vae``, the decoder-stage weights with ``init``'s config (latent stats)."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(init)))  # from_config: no _name_or_path
+    state = torch.load(work / "vae_decoder_state.pt", weights_only=False)
+    vae.load_state_dict(state["model"])
+    target = out / "vae"
+    tmp = out / "vae.tmp"
+    vae.eval().save_pretrained(str(tmp), safe_serialization=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (tmp / name).chmod(0o644)
+        (tmp / name).replace(target / name)
+    tmp.rmdir()
+    _log(work, f"wrote {target} (decoder step {state['step']}, from {init})")
+
+
+def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES,
+        from_shipped: bool = False) -> None:
+    """Run the named stages in order (each resumes from ``work``).
+
+    ``from_shipped``: only ``decoder`` and ``assemble`` may run; the decoder stage starts from the shipped VAE
+    (``shipped_vae_path()``) and assemble rewrites only ``<out>/vae``.
+    """
     for stage in stages:
         check_choice("stage", stage, STAGES)
+    if from_shipped and not set(stages) <= {"decoder", "assemble"}:
+        raise ValueError(f"--from-shipped runs only the stages decoder and assemble, got {','.join(stages)}")
     cfg = load_config(config)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    init = shipped_vae_path() if from_shipped else None
+    if init is not None and not (work / "init_vae").exists():
+        # a copy of the starting VAE: resuming or assembling later must not start from weights already overwritten
+        shutil.copytree(init, work / "init_vae.tmp", dirs_exist_ok=True)
+        (work / "init_vae.tmp").replace(work / "init_vae")
+    init = work / "init_vae" if init is not None else None
     for stage in stages:
         _log(work, f"stage {stage}")
         if stage == "vae":
@@ -392,7 +453,9 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
         elif stage == "transformer":
             train_transformer(cfg, work)
         elif stage == "decoder":
-            train_vae(cfg, work, decoder_only=True)
+            train_vae(cfg, work, decoder_only=True, init=init)
+        elif init is not None:
+            write_vae(cfg, work, Path(out), init)
         else:
             assemble(cfg, work, Path(out))
 
@@ -403,8 +466,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="outputs/pretrain", help="checkpoints and log (resumable)")
     p.add_argument("--out", default="src/vidattn/assets/default_model")
     p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--from-shipped", action="store_true",
+                   help="decoder stage from the shipped VAE (copied to <work>/init_vae); assemble writes only <out>/vae")
     args = p.parse_args(argv)
-    run(args.config, args.work, args.out, tuple(args.stages.split(",")))
+    run(args.config, args.work, args.out, tuple(args.stages.split(",")), from_shipped=args.from_shipped)
 
 
 if __name__ == "__main__":
