@@ -111,18 +111,15 @@ def _pipeline_params(cls, args, skip: tuple[str, ...] = ()) -> dict:
 def fill_generation_defaults(args) -> None:
     """Frames, size, steps and guidance the user left out: what the embedded model of the pipeline was trained for (the
     UNet video model for broadway, the Wan default model otherwise; also with --model, whose folder may differ)."""
-    from ..pipelines import default_model as wan
-    from ..pipelines import unet_video_model as unet
+    if getattr(args, "pipeline", "text2video") == "broadway":  # (imported only here: AnimateDiff pulls in image processors)
+        from ..pipelines import unet_video_model as unet
 
-    broadway = getattr(args, "pipeline", "text2video") == "broadway"
-    defaults = {
-        "frames": unet.UNET_FRAMES if broadway else wan.DEFAULT_FRAMES,
-        "height": unet.UNET_HEIGHT if broadway else wan.DEFAULT_HEIGHT,
-        "width": unet.UNET_WIDTH if broadway else wan.DEFAULT_WIDTH,
-        "steps": unet.UNET_STEPS if broadway else wan.DEFAULT_STEPS,
-        "guidance": unet.UNET_GUIDANCE if broadway else wan.DEFAULT_GUIDANCE,
-    }
-    for name, value in defaults.items():
+        defaults = (unet.UNET_FRAMES, unet.UNET_HEIGHT, unet.UNET_WIDTH, unet.UNET_STEPS, unet.UNET_GUIDANCE)
+    else:
+        from ..pipelines import default_model as wan
+
+        defaults = (wan.DEFAULT_FRAMES, wan.DEFAULT_HEIGHT, wan.DEFAULT_WIDTH, wan.DEFAULT_STEPS, wan.DEFAULT_GUIDANCE)
+    for name, value in zip(("frames", "height", "width", "steps", "guidance"), defaults):
         if getattr(args, name, None) is None:
             setattr(args, name, value)
 

@@ -11,7 +11,6 @@ import sys
 import torch
 
 from ..pipelines.default_model import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_STEPS, DEFAULT_WIDTH
-from ..pipelines.unet_video_model import UNET_FRAMES, UNET_GUIDANCE, UNET_HEIGHT, UNET_STEPS, UNET_WIDTH
 from ..processors.families import FAMILIES
 from ..processors.registry import METHODS
 from .bench import cmd_bench, cmd_mask
@@ -40,12 +39,12 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers model folder (default: the embedded trained tiny model: Wan, "
                                                   "or the UNet video model for --pipeline broadway)")
     p.add_argument("--prompt", default="a red circle moving right on a black background")
-    defaults = "the embedded model's: Wan {}, broadway {}"
-    p.add_argument("--frames", type=int, default=None, help=defaults.format(DEFAULT_FRAMES, UNET_FRAMES))
-    p.add_argument("--height", type=int, default=None, help=defaults.format(DEFAULT_HEIGHT, UNET_HEIGHT))
-    p.add_argument("--width", type=int, default=None, help=defaults.format(DEFAULT_WIDTH, UNET_WIDTH))
-    p.add_argument("--steps", type=int, default=None, help=defaults.format(DEFAULT_STEPS, UNET_STEPS))
-    p.add_argument("--guidance", type=float, default=None, help=defaults.format(DEFAULT_GUIDANCE, UNET_GUIDANCE))
+    defaults = "default: what the embedded model was trained for (Wan: {}; --pipeline broadway: the UNet model's)"
+    p.add_argument("--frames", type=int, default=None, help=defaults.format(DEFAULT_FRAMES))
+    p.add_argument("--height", type=int, default=None, help=defaults.format(DEFAULT_HEIGHT))
+    p.add_argument("--width", type=int, default=None, help=defaults.format(DEFAULT_WIDTH))
+    p.add_argument("--steps", type=int, default=None, help=defaults.format(DEFAULT_STEPS))
+    p.add_argument("--guidance", type=float, default=None, help=defaults.format(DEFAULT_GUIDANCE))
     p.add_argument("--seed", type=int, default=0)
 
 
