@@ -33,7 +33,7 @@ from ..latents import latent_stats, normalise_latents
 from ..processors.streaming import StreamingConfig
 from ..schedulers.few_step import FewStepSchedule
 from .default_model import load_default_pipeline
-from .default_model_pretrain import _log, _save_state, padding_biases, to_pixels
+from .default_model_pretrain import _log, _save_state, padding_biases, run_stages, start_stages, to_pixels
 from .stream_state import StreamState, apply_streaming_attention, remove_streaming_attention
 
 STAGES = ("latents", "transformer", "export")
@@ -280,21 +280,12 @@ def export(cfg: CausalConfig, work: Path, out: Path, use_ema: bool = True) -> No
 
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
     """Run the named stages in order (each resumes from ``work``)."""
-    for stage in stages:
-        check_choice("stage", stage, STAGES)
-    cfg = load_config(config)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    for stage in stages:
-        _log(work, f"stage {stage}")
-        if stage == "latents":
-            encode_latents(cfg, work)
-        elif stage == "transformer":
-            train_transformer(cfg, work)
-        else:
-            export(cfg, work, Path(out))
+    cfg, work = start_stages(stages, STAGES, load_config, config, work)
+    run_stages(stages, work, {
+        "latents": lambda: encode_latents(cfg, work),
+        "transformer": lambda: train_transformer(cfg, work),
+        "export": lambda: export(cfg, work, Path(out)),
+    })
 
 
 def main(argv: list[str] | None = None) -> None:

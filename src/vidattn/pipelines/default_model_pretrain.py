@@ -422,6 +422,26 @@ def write_vae(cfg: PretrainConfig, work: Path, out: Path, init: Path) -> None:
     _log(work, f"wrote {target} (decoder step {state['step']}, from {init})")
 
 
+def start_stages(stages: tuple[str, ...], allowed: tuple[str, ...], load, config, work: str | Path):
+    """The common start of a CPU training script: every stage name checked, the config loaded with ``load``, threads
+    and seed set from it, the work folder made. Returns (cfg, work)."""
+    for stage in stages:
+        check_choice("stage", stage, allowed)
+    cfg = load(config)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return cfg, work
+
+
+def run_stages(stages: tuple[str, ...], work: Path, handlers: dict) -> None:
+    """Each stage's handler in order (each resumes from ``work`` by itself), logged."""
+    for stage in stages:
+        _log(work, f"stage {stage}")
+        handlers[stage]()
+
+
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES,
         from_shipped: bool = False) -> None:
     """Run the named stages in order (each resumes from ``work``).
@@ -433,31 +453,20 @@ def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tu
         check_choice("stage", stage, STAGES)
     if from_shipped and not set(stages) <= {"decoder", "assemble"}:
         raise ValueError(f"--from-shipped runs only the stages decoder and assemble, got {','.join(stages)}")
-    cfg = load_config(config)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    cfg, work = start_stages(stages, STAGES, load_config, config, work)
     init = shipped_vae_path() if from_shipped else None
     if init is not None and not (work / "init_vae").exists():
         # a copy of the starting VAE: resuming or assembling later must not start from weights already overwritten
         shutil.copytree(init, work / "init_vae.tmp", dirs_exist_ok=True)
         (work / "init_vae.tmp").replace(work / "init_vae")
     init = work / "init_vae" if init is not None else None
-    for stage in stages:
-        _log(work, f"stage {stage}")
-        if stage == "vae":
-            train_vae(cfg, work)
-        elif stage == "latents":
-            encode_latents(cfg, work)
-        elif stage == "transformer":
-            train_transformer(cfg, work)
-        elif stage == "decoder":
-            train_vae(cfg, work, decoder_only=True, init=init)
-        elif init is not None:
-            write_vae(cfg, work, Path(out), init)
-        else:
-            assemble(cfg, work, Path(out))
+    run_stages(stages, work, {
+        "vae": lambda: train_vae(cfg, work),
+        "latents": lambda: encode_latents(cfg, work),
+        "transformer": lambda: train_transformer(cfg, work),
+        "decoder": lambda: train_vae(cfg, work, decoder_only=True, init=init),
+        "assemble": lambda: write_vae(cfg, work, Path(out), init) if init is not None else assemble(cfg, work, Path(out)),
+    })
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,10 +23,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..atomic import replace_synced, write_bytes_atomic, write_text_atomic
-from ..checks import check_choice
 from ..data.shapes import ShapesDataset
 from .broadway import build_tokenizer
-from .default_model_pretrain import _log  # same log format and file (work/log.txt)
+from .default_model_pretrain import _log, run_stages, start_stages  # same log format and file (work/log.txt)
 from .unet_video_model import TEXT_TOKENS, build_text_encoder, build_unet, build_vae, sampling_scheduler, training_scheduler
 
 STAGES = ("vae", "latents", "unet", "decoder", "assemble")
@@ -319,21 +318,14 @@ def assemble(cfg: UNetModelConfig, work: Path, out: Path, use_ema: bool = True) 
 
 def run(config: str | Path | None, work: str | Path, out: str | Path, stages: tuple[str, ...] = STAGES) -> None:
     """Run the named stages in order (each resumes from ``work``)."""
-    for stage in stages:
-        check_choice("stage", stage, STAGES)
-    cfg = load_config(config)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    steps = {"vae": train_vae, "latents": encode_latents, "unet": train_unet,
-             "decoder": lambda c, w: train_vae(c, w, decoder_only=True)}
-    for stage in stages:
-        _log(work, f"stage {stage}")
-        if stage == "assemble":
-            assemble(cfg, work, Path(out))
-        else:
-            steps[stage](cfg, work)
+    cfg, work = start_stages(stages, STAGES, load_config, config, work)
+    run_stages(stages, work, {
+        "vae": lambda: train_vae(cfg, work),
+        "latents": lambda: encode_latents(cfg, work),
+        "unet": lambda: train_unet(cfg, work),
+        "decoder": lambda: train_vae(cfg, work, decoder_only=True),
+        "assemble": lambda: assemble(cfg, work, Path(out)),
+    })
 
 
 def main(argv: list[str] | None = None) -> None:
