@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def replace_synced(tmp: str | Path, path: str | Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(Path(path).parent)
+
+
+def save_pretrained_atomic(model: Any, folder: str | Path) -> None:
+    """``model.save_pretrained`` (safetensors) into a temporary sibling folder, then each file it wrote renamed into
+    ``folder`` (synced, readable by everyone, e.g. as a package asset): a crash never leaves a half-written file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for written in sorted(Path(tmp).iterdir()):
+            written.chmod(0o644)
+            replace_synced(written, folder / written.name)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -16,8 +16,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import replace_synced, write_text_atomic
+from ..atomic import replace_synced, save_pretrained_atomic, write_text_atomic
 from ..checks import check_choice
 from ..data.shapes import SHAPE_COLORS, ShapesDataset
 from ..latents import latent_stats, normalise_latents
@@ -267,12 +265,7 @@ def export(cfg: CausalConfig, work: Path, out: Path, use_ema: bool = True) -> No
     transformer = pipe.transformer
     saved = torch.load(work / "transformer_state.pt", weights_only=False)
     transformer.load_state_dict(saved["ema" if use_ema else "model"])
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:  # diffusers' own files, each renamed into place
-        transformer.save_pretrained(tmp, safe_serialization=True)
-        for name in ("diffusion_pytorch_model.safetensors", "config.json"):
-            os.chmod(Path(tmp) / name, 0o644)  # a package asset: readable by everyone
-            replace_synced(Path(tmp) / name, out / name)
+    save_pretrained_atomic(transformer, out)
     info = {"step": saved["step"], "ema": use_ema, **dataclasses.asdict(cfg)}
     write_text_atomic(out / "causal.json", json.dumps(info, indent=1))
     _log(work, f"wrote {out} (step {saved['step']}, ema={use_ema})")

@@ -24,6 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..atomic import save_pretrained_atomic
 from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
 from ..latents import normalise_latents
@@ -412,13 +413,7 @@ def write_vae(cfg: PretrainConfig, work: Path, out: Path, init: Path) -> None:
     state = torch.load(work / "vae_decoder_state.pt", weights_only=False)
     vae.load_state_dict(state["model"])
     target = out / "vae"
-    tmp = out / "vae.tmp"
-    vae.eval().save_pretrained(str(tmp), safe_serialization=True)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-        (tmp / name).chmod(0o644)
-        (tmp / name).replace(target / name)
-    tmp.rmdir()
+    save_pretrained_atomic(vae.eval(), target)
     _log(work, f"wrote {target} (decoder step {state['step']}, from {init})")
 
 
