@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,21 @@ def save_pretrained_atomic(model: Any, folder: str | Path) -> None:
         for written in sorted(Path(tmp).iterdir()):
             written.chmod(0o644)
             replace_synced(written, folder / written.name)
+
+
+def save_pretrained_folder_atomic(pipeline: Any, folder: str | Path) -> None:
+    """A whole ``pipeline.save_pretrained`` folder (safetensors), written beside ``folder`` and swapped in by renames: a
+    reader sees the old folder or the new one, never a mix of the two."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    fsync_path(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

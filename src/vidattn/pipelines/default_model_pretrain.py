@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import io
 import json
 import shutil
 import time
@@ -24,7 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import save_pretrained_atomic
+from ..atomic import save_pretrained_atomic, save_pretrained_folder_atomic, write_bytes_atomic
 from ..checks import check_choice
 from ..data.shapes import COLORS, ShapesDataset
 from ..latents import normalise_latents
@@ -202,9 +203,10 @@ def _log(work: Path, message: str) -> None:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """A training checkpoint: torch.save through :func:`vidattn.atomic.write_bytes_atomic` (a crash leaves the previous one)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 # -- stage 1: VAE ----------------------------------------------------------------------------------------
@@ -401,7 +403,7 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
     text = _text_pipeline(cfg)
     pipe = WanPipeline(tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=vae.eval(), transformer=transformer.eval(),
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.scheduler_shift))
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    save_pretrained_folder_atomic(pipe, out)
     _log(work, f"wrote {out} (transformer step {state['step']}, ema={use_ema})")
 
 

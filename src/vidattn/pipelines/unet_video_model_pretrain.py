@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import replace_synced, write_bytes_atomic, write_text_atomic
+from ..atomic import replace_synced, save_pretrained_folder_atomic, write_text_atomic
 from ..data.shapes import ShapesDataset
 from .broadway import build_tokenizer
-from .default_model_pretrain import _log, run_stages, start_stages  # same log format and file (work/log.txt)
+from .default_model_pretrain import _log, _save_state, run_stages, start_stages  # same log format and file (work/log.txt)
 from .unet_video_model import TEXT_TOKENS, build_text_encoder, build_unet, build_vae, sampling_scheduler, training_scheduler
 
 STAGES = ("vae", "latents", "unet", "decoder", "assemble")
@@ -106,13 +105,6 @@ def load_config(path: str | Path | None) -> UNetModelConfig:
     if path is None:
         return UNetModelConfig()
     return _build(UNetModelConfig, yaml.safe_load(Path(path).read_text()) or {}, str(path))
-
-
-def _save_state(path: Path, state: dict) -> None:
-    """torch.save through :func:`vidattn.atomic.write_bytes_atomic` (a crash leaves the previous checkpoint)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_state(path: Path) -> dict | None:
@@ -290,8 +282,6 @@ def train_unet(cfg: UNetModelConfig, work: Path) -> None:
 # -- stage 4: the diffusers folder ----------------------------------------------------------------------------
 def assemble(cfg: UNetModelConfig, work: Path, out: Path, use_ema: bool = True) -> None:
     """Write the AnimateDiffPipeline folder (safetensors) from the checkpoints: into a temp folder, then renamed."""
-    import shutil
-
     from diffusers import AnimateDiffPipeline
 
     meta = json.loads((work / "latents.json").read_text())
@@ -303,16 +293,7 @@ def assemble(cfg: UNetModelConfig, work: Path, out: Path, use_ema: bool = True) 
     unet.load_state_dict(state["ema" if use_ema else "model"])
     pipe = AnimateDiffPipeline(vae=vae.eval(), text_encoder=_text_encoder(cfg), tokenizer=build_tokenizer(TEXT_TOKENS),
                                unet=unet.eval(), motion_adapter=None, scheduler=sampling_scheduler())
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.replace(old)
-    tmp.replace(out)
-    shutil.rmtree(old, ignore_errors=True)
+    save_pretrained_folder_atomic(pipe, out)
     _log(work, f"wrote {out} (unet step {state['step']}, ema={use_ema})")
 
 
