@@ -73,3 +73,53 @@ def test_freeswim_override_one_graph_for_every_phase(cache_steps, override_uncon
     assert counter.graphs == 1
     assert controller.stats == eager_controller.stats
     assert controller.stats["full_passes"] >= 2 and controller.stats["injected_passes"] == 3 * (1 + override_uncond)
+
+
+# -- streaming ------------------------------------------------------------------------------------------
+STREAM = dict(sink_frames=1, window_frames=3, max_frames=4, block_size=4, backend="gather")
+
+
+def streaming_model(mode: str):
+    from vidattn.pipelines.stream_state import apply_streaming_attention
+    from vidattn.processors.streaming import StreamingConfig
+
+    model = tiny_wan(2)
+    state = apply_streaming_attention(model, StreamingConfig(mode=mode, sparse_keep=0.5, **STREAM))
+    if mode == "hybrid":  # a trained-like linear_proj, so the linear state's readout shows in the output
+        generator = torch.Generator().manual_seed(3)
+        for block in model.blocks:
+            with torch.no_grad():
+                block.attn1.linear_proj.weight.copy_(torch.randn(block.attn1.linear_proj.weight.shape, generator=generator) * 0.5)
+    state.new_prompt()
+    return model, state
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "window", "dense"])
+def test_streaming_one_graph_for_every_chunk_and_pass(mode):
+    """Five chunks of one frame, each two denoising calls and a commit call (the cache fills, frames are evicted
+    into the linear state from chunk 3 on, and in dense mode the cache grows every chunk): one graph, no recompile,
+    every output equal to the uncompiled twin's, the same cached frames, and the hybrid readout really contributes."""
+    from vidattn.pipelines.stream_state import cache_frames
+
+    model, state = streaming_model(mode)
+    eager_model, eager_state = streaming_model(mode)
+    compiled, counter = compiled_with_counter(model)
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(2, 5, 16, generator=generator)
+    outs = []
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for chunk in range(5):
+            for t, commit in ((900.0, False), (500.0, False), (0.0, True)):
+                x = torch.randn(2, 4, 1, 4, 6, generator=generator)
+                args = (x, torch.full((2,), t), text)
+                with state.context.call(frame=chunk, commit=commit), eager_state.context.call(frame=chunk, commit=commit):
+                    out = compiled(*args, return_dict=False)[0]
+                    expected = eager_model(*args, return_dict=False)[0]
+                torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=f"{mode}: chunk {chunk}, t {t}")
+                outs.append(out)
+            assert cache_frames(state) == cache_frames(eager_state)
+    assert counter.graphs == 1
+    if mode == "hybrid":
+        assert state.layers[0].linear.count == eager_state.layers[0].linear.count == 3 * 6
+    if mode == "dense":
+        assert cache_frames(state)[0] == [0, 1, 2, 3, 4]

@@ -49,8 +49,8 @@ def _shaped_like(inputs: list[torch.Tensor | None], index: int) -> tuple[tuple[i
 
 
 def _owner_call(inputs: list[torch.Tensor | None], token: torch.Tensor | None, what: str, like: list[int], owner: OpHandle) -> list[torch.Tensor]:
-    """``owner.run_op(what, inputs)``, checked against the shapes the graph was traced with; an output that shares
-    memory with an input is copied (a custom op's outputs may not alias its inputs)."""
+    """``owner.run_op(what, inputs)``, checked against the shapes the graph was traced with, made contiguous (like the
+    fake outputs); an output that shares memory with an input is copied (a custom op's outputs may not alias its inputs)."""
     outputs = list(owner.owner.run_op(what, inputs))
     if len(outputs) != len(like):
         raise RuntimeError(f"{type(owner.owner).__name__}.run_op({what!r}) returned {len(outputs)} tensors, the graph expects {len(like)}")
@@ -62,6 +62,7 @@ def _owner_call(inputs: list[torch.Tensor | None], token: torch.Tensor | None, w
             raise RuntimeError(
                 f"{type(owner.owner).__name__}.run_op({what!r}) returned {tuple(out.shape)} {out.dtype}, the graph expects {shape} {dtype}"
             )
+        out = out.contiguous()  # the fake outputs are contiguous: the graph's views assume that layout
         fresh.append(out.clone() if out.untyped_storage().data_ptr() in storages else out)
     return fresh
 
