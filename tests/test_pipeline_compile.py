@@ -18,14 +18,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GraphCounter:
-    """A torch.compile backend that counts the graphs it is given and runs them through aot_eager."""
+    """A torch.compile backend that counts the graphs it is given and runs them through ``inner`` (aot_eager)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner: str = "aot_eager") -> None:
         self.graphs = 0
+        self.inner = inner
 
     def __call__(self, gm, example_inputs):
         self.graphs += 1
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+        return torch._dynamo.lookup_backend(self.inner)(gm, example_inputs)
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +36,8 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def compiled_with_counter(model):
-    counter = GraphCounter()
+def compiled_with_counter(model, inner: str = "aot_eager"):
+    counter = GraphCounter(inner)
     return torch.compile(model, fullgraph=True, backend=counter), counter
 
 
@@ -123,3 +124,50 @@ def test_streaming_one_graph_for_every_chunk_and_pass(mode):
         assert state.layers[0].linear.count == eager_state.layers[0].linear.count == 3 * 6
     if mode == "dense":
         assert cache_frames(state)[0] == [0, 1, 2, 3, 4]
+
+
+# -- BroadWay -------------------------------------------------------------------------------------------
+def broadway_unet(kind: str):
+    from diffusers import DDIMScheduler, UNet3DConditionModel, UNetMotionModel
+
+    from vidattn.pipelines.broadway_guidance import BroadWayConfig, apply_broadway
+
+    torch.manual_seed(0)
+    common = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16, sample_size=8)
+    if kind == "motion":
+        unet = UNetMotionModel(num_attention_heads=2, motion_num_attention_heads=2, motion_max_seq_length=32, **common)
+    else:
+        unet = UNet3DConditionModel(attention_head_dim=4, **common)
+    scheduler = DDIMScheduler(steps_offset=1)
+    scheduler.set_timesteps(5)
+    controller = apply_broadway(unet.eval(), BroadWayConfig(tau=3, steps_fraction=0.4), scheduler=scheduler)
+    return unet, controller, scheduler.timesteps
+
+
+@pytest.mark.parametrize("kind", ["motion", "3d"])
+def test_broadway_one_graph_for_active_and_stock_steps(kind):
+    """Five DDIM steps with CFG halves (BroadWay active at steps 0-1, stock SDPA at 2-4), then the first step of a
+    second generation: one graph, no recompile at the switch, outputs equal to the uncompiled twin's, and the same
+    record of modified maps (step, block, beta). UNet3DConditionModel runs its graph through the ``eager`` backend:
+    aot_eager fails on the stock model itself (``native_group_norm``: "Expected X.is_contiguous(memory_format)")."""
+    unet, controller, timesteps = broadway_unet(kind)
+    eager_unet, eager_controller, _ = broadway_unet(kind)
+    compiled, counter = compiled_with_counter(unet, "aot_eager" if kind == "motion" else "eager")
+    generator = torch.Generator().manual_seed(0)
+    frames = 8
+    text = torch.randn(2, 5, 16, generator=generator)
+    if kind == "motion":
+        text = text.repeat_interleave(frames, dim=0)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for call, t in enumerate([*timesteps, timesteps[0]]):
+            sample = torch.randn(1, 4, frames, 8, 8, generator=generator).repeat(2, 1, 1, 1, 1)
+            out = compiled(sample, t, encoder_hidden_states=text).sample
+            expected = eager_unet(sample, t, encoder_hidden_states=text).sample
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=f"{kind}: call {call}")
+            assert controller.active == eager_controller.active == (call in (0, 1, 5))
+            assert controller.cond_half and controller.context.step == eager_controller.context.step
+    assert counter.graphs == 1
+    assert len(controller.history) == len(eager_controller.history) == 12
+    for mine, theirs in zip(controller.history, eager_controller.history):
+        assert (mine["step"], mine["block"], mine["key"]) == (theirs["step"], theirs["block"], theirs["key"])
+        assert mine["beta"] == pytest.approx(theirs["beta"], rel=1e-5)
