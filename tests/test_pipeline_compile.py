@@ -144,7 +144,7 @@ def broadway_unet(kind: str):
     return unet, controller, scheduler.timesteps
 
 
-@pytest.mark.parametrize("kind", ["motion", "3d"])
+@pytest.mark.parametrize("kind", ["3d"])  # UNetMotionModel: the AnimateDiff pipeline test below (each compile ~25 s)
 def test_broadway_one_graph_for_active_and_stock_steps(kind):
     """Five DDIM steps with CFG halves (BroadWay active at steps 0-1, stock SDPA at 2-4), then the first step of a
     second generation: one graph, no recompile at the switch, outputs equal to the uncompiled twin's, and the same
@@ -224,3 +224,26 @@ def test_freeswim_pipeline_with_compiled_transformer_equals_uncompiled():
         torch.testing.assert_close(videos[0], videos[1], atol=1e-5, rtol=0)
         graphs.append(counter.graphs)
     assert graphs == [2, 2]
+
+
+def test_broadway_animatediff_pipeline_with_compiled_unet_equals_uncompiled():
+    """The tiny AnimateDiff pipeline with ``pipe.unet.compile(fullgraph=True)`` (in place: BroadWay is installed per
+    call), CFG, steps 0-1 modified and step 2 stock, run twice: frames equal to the uncompiled pipeline's, the same
+    modified steps, and one graph for both runs (the second run's new processors and hook compile nothing)."""
+    from vidattn.pipelines.broadway import build_tiny_animatediff_pipeline, run_broadway_generation
+    from vidattn.pipelines.broadway_guidance import BroadWayConfig
+
+    pipe, eager_pipe = build_tiny_animatediff_pipeline(), build_tiny_animatediff_pipeline()
+    counter = GraphCounter()
+    pipe.unet.compile(fullgraph=True, backend=counter)
+    kwargs = dict(num_frames=16, height=16, width=16, num_inference_steps=3, guidance_scale=7.5)
+    config = BroadWayConfig.animatediff(steps_fraction=0.34)
+    graphs = []
+    for seed in (0, 1):
+        runs = [run_broadway_generation(p, "a red circle", config, generator=torch.Generator().manual_seed(seed), **kwargs) for p in (pipe, eager_pipe)]
+        torch.testing.assert_close(torch.from_numpy(runs[0].frames), torch.from_numpy(runs[1].frames), atol=1e-5, rtol=0)
+        mine, theirs = runs[0].controller.history, runs[1].controller.history
+        assert [(h["step"], h["block"], h["key"]) for h in mine] == [(h["step"], h["block"], h["key"]) for h in theirs]
+        assert {h["step"] for h in mine} == {0, 1} and [h["beta"] for h in mine] == pytest.approx([h["beta"] for h in theirs], rel=1e-5)
+        graphs.append(counter.graphs)
+    assert graphs == [1, 1]
