@@ -247,3 +247,32 @@ def test_broadway_animatediff_pipeline_with_compiled_unet_equals_uncompiled():
         assert {h["step"] for h in mine} == {0, 1} and [h["beta"] for h in mine] == pytest.approx([h["beta"] for h in theirs], rel=1e-5)
         graphs.append(counter.graphs)
     assert graphs == [1, 1]
+
+
+# -- what is refused -------------------------------------------------------------------------------------
+def test_compiled_refusals_name_the_fix():
+    """A custom window branch with its own ``__call__`` cannot go into the op (FreeSwim); a streaming processor
+    without ``layer_idx`` has no cache key; installing on torch.compile's wrapper says to install first or compile in
+    place. Each is one clear error, raised before any wrong output."""
+    from vidattn.models import UnsupportedModelError
+    from vidattn.pipelines.stream_state import apply_streaming_attention
+    from vidattn.processors.streaming import StreamingAttnProcessor
+
+    class CustomWindow:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+            raise AssertionError("not reached: refused while tracing")
+
+    inputs = wan_inputs(batch=1, frames=2, height=8, width=8)
+    model = tiny_wan(1)
+    controller = install_cross_override(model, CustomWindow(), full=FullAttnProcessor())
+    with torch.no_grad(), pytest.raises(Exception, match="needs vidattn processors .* the window branch is a CustomWindow"):
+        controller.forward(torch.compile(model, fullgraph=True, backend="eager"), 0, "cond", **inputs)
+
+    model = tiny_wan(1)
+    state = apply_streaming_attention(model)
+    model.blocks[0].attn1.set_processor(StreamingAttnProcessor(state=state, context=state.context))  # no layer_idx
+    with torch.no_grad(), pytest.raises(Exception, match="needs layer_idx"):
+        torch.compile(model, fullgraph=True, backend="eager")(**inputs)
+
+    with pytest.raises(UnsupportedModelError, match="torch.compile's wrapper around a WanTransformer3DModel"):
+        apply_streaming_attention(torch.compile(tiny_wan(1)))
