@@ -98,6 +98,11 @@ def find_spec(transformer: torch.nn.Module) -> ModelSpec | None:
 def model_spec(transformer: torch.nn.Module) -> ModelSpec:
     """The table row of ``transformer``; an unsupported model raises :class:`UnsupportedModelError`."""
     spec = find_spec(transformer)
+    if spec is None and find_spec(getattr(transformer, "_orig_mod", None)) is not None:  # torch.compile's wrapper
+        raise UnsupportedModelError(
+            f"this is torch.compile's wrapper around a {type(transformer._orig_mod).__name__}: install vidattn on the model "
+            "before torch.compile(model), or compile in place with model.compile(fullgraph=True) (docs/compile.md)"
+        )
     if spec is None:
         raise UnsupportedModelError(
             f"{type(transformer).__name__} is not a supported video transformer; supported transformer classes: "

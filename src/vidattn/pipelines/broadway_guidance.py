@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
 from ..layout import VideoLayout
+from ..opaque import OpHandle
+from ..processors.compiled import SCALAR, owner_call
 
 BROADWAY_HOOK_NAME = "vidattn_broadway"
 DECODER_BLOCKS = (1, 2, 3)
@@ -178,6 +181,10 @@ class BroadWayController:
     cond_half: bool = False
     active: bool = False
     _steps_this_run: int | None = None
+    handle: OpHandle = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.handle = OpHandle(self)  # what torch.compile passes into vidattn::owner_call (the hook's begin_call)
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -224,6 +231,13 @@ class BroadWayController:
     def end_call(self) -> None:
         self.anchors.clear()
 
+    def run_op(self, what: str, inputs: list) -> list[torch.Tensor]:
+        """The hook's :meth:`begin_call` inside a compiled UNet (``vidattn::owner_call``); returns the step as the
+        token the processors' ops take, so they run after it."""
+        sample, timestep = inputs
+        self.begin_call(sample, timestep)
+        return [sample.new_tensor(float(self.context.step))]
+
     def reset(self) -> None:
         self.context.reset()
         self.history.clear()
@@ -245,11 +259,19 @@ class BroadWayHook(ModelHook):
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if sample is None or timestep is None:
             raise ValueError("BroadWay needs the UNet's `sample` and `timestep` arguments")
+        if torch.compiler.is_compiling():  # the timestep's value and the CFG halves are data: read at run time, in the op
+            if sample.ndim != 5:
+                raise ValueError(f"BroadWay expects a (batch, channels, frames, height, width) UNet sample, got shape {tuple(sample.shape)}")
+            self.controller.config.check_frames(sample.shape[2])
+            stamp = timestep if torch.is_tensor(timestep) else torch.tensor(float(timestep))
+            self.controller.context.token = owner_call(self.controller, "begin", [sample, stamp], [SCALAR])[0]
+            return args, kwargs
         self.controller.begin_call(sample, timestep)
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output):
-        self.controller.end_call()
+        if not torch.compiler.is_compiling():  # compiled: the next call's begin_call drops the anchor maps instead
+            self.controller.end_call()
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -261,23 +283,47 @@ class BroadWayAttnProcessor:
     """Temporal self-attention of one decoder motion module with the F x F map materialised and modified.
 
     Outside active steps (or for cross-attention / masked calls) it defers to ``original``, the stock processor.
+    Under ``torch.compile`` the step gate is read when the attention op runs (``vidattn::owner_call``, :meth:`run_op`):
+    the projections are traced once, the op runs the stock SDPA or the modified maps. ``scale``: the module's softmax
+    scale (``attn.scale``, set by :func:`apply_broadway`), which the op needs.
     """
 
-    def __init__(self, controller: BroadWayController, block: int, key: tuple, original) -> None:
+    def __init__(self, controller: BroadWayController, block: int, key: tuple, original, scale: float | None = None) -> None:
         self.controller = controller
         self.block = block
         self.key = key
         self.original = original
+        self.scale = scale
+        self.handle = OpHandle(self)  # what torch.compile passes into vidattn::owner_call
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        ctl = self.controller
         plain = (
-            not ctl.active or encoder_hidden_states is not None or attention_mask is not None
-            or hidden_states.ndim != 3 or attn.spatial_norm is not None
+            encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3 or attn.spatial_norm is not None
         )
-        if plain:
+        compiling = torch.compiler.is_compiling()
+        if plain or (not compiling and not self.controller.active):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
+        query, key, value = self._project(attn, hidden_states)
+        if compiling:
+            if type(self.original) is not AttnProcessor2_0 or self.scale != attn.scale:
+                raise ValueError(
+                    f"torch.compile of BroadWay needs the stock AttnProcessor2_0 under it and scale=attn.scale "
+                    f"(apply_broadway sets both); got {type(self.original).__name__}, scale={self.scale}"
+                )
+            out = owner_call(self, "attention", [query, key, value], [2], self.controller.context.token)[0]
+        else:
+            out = self._modified_attention(query, key, value, attn.scale)
+        rows, heads, frames, head_dim = out.shape
+        hidden_states = out.transpose(1, 2).reshape(rows, frames, heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _project(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, heads, F, head_dim) q, k, v of a temporal self-attention call, as the stock processor builds them."""
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         rows, frames, _ = hidden_states.shape
@@ -288,13 +334,22 @@ class BroadWayAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        probs = torch.softmax((query.float() @ key.float().transpose(-1, -2)) * attn.scale, dim=-1)
-        probs = self.modify(probs, rows, frames, attn.heads)
-        hidden_states = (probs.to(value.dtype) @ value).transpose(1, 2).reshape(rows, frames, attn.heads * head_dim)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return query, key, value
+
+    def _modified_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+        """The F x F maps materialised, modified (:meth:`modify`) and applied to ``value``: (rows, heads, F, head_dim)."""
+        rows, heads, frames, _ = query.shape
+        probs = torch.softmax((query.float() @ key.float().transpose(-1, -2)) * scale, dim=-1)
+        probs = self.modify(probs, rows, frames, heads)
+        return probs.to(value.dtype) @ value
+
+    def run_op(self, what: str, inputs: list) -> list[torch.Tensor]:
+        """The compiled call's attention (``vidattn::owner_call``): the stock SDPA outside active steps, else the
+        modified maps."""
+        query, key, value = inputs
+        if not self.controller.active:
+            return [F.scaled_dot_product_attention(query, key, value)]
+        return [self._modified_attention(query, key, value, self.scale)]
 
     def modify(self, probs: torch.Tensor, rows: int, frames: int, heads: int) -> torch.Tensor:
         """TSG then FME on (rows, heads, F, F) maps laid out as (batch, h, w, heads); returns the same shape."""
@@ -352,8 +407,10 @@ def apply_broadway(unet: torch.nn.Module, config: BroadWayConfig | None = None, 
     train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None) or 1000
     controller = BroadWayController(replace(config), scheduler=scheduler, num_train_timesteps=int(train_steps))
     processors = dict(unet.attn_processors)
+    modules = dict(unet.named_modules())
     for name, (block, key) in targets.items():
-        processors[name] = BroadWayAttnProcessor(controller, block, key, processors[name])
+        scale = modules[name.removesuffix(".processor")].scale
+        processors[name] = BroadWayAttnProcessor(controller, block, key, processors[name], scale)
     unet.set_attn_processor(processors)
     registry = HookRegistry.check_if_exists_or_initialize(unet)
     registry.register_hook(BroadWayHook(controller), BROADWAY_HOOK_NAME)

@@ -20,8 +20,11 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
 from ..layout import VideoLayout
+from ..opaque import OpHandle
 from ..processors.base import VideoAttnProcessor
-from ..processors.parallel import share_parallel_config
+from ..processors.compiled import compiled_attention, owner_call
+from ..processors.families import ProjectedCall, detect_family, is_video_self_attention, project
+from ..processors.parallel import dense_attend, share_parallel_config
 from ..processors.window import entropy_scale_factor
 
 PHASES = ("full_record", "window", "window_inject")
@@ -160,6 +163,7 @@ class BranchSelfAttnProcessor:
         self.controller = controller
         self.window = window
         self.full = WanAttnProcessor() if full is None else full
+        self.handle = OpHandle(self)  # what torch.compile passes into vidattn::video_attention
 
     @property
     def _parallel_config(self) -> Any:
@@ -173,9 +177,38 @@ class BranchSelfAttnProcessor:
                 raise ValueError(f"the window branch {type(branch).__name__} takes no context-parallel config: use a vidattn processor")
             branch._parallel_config = config
 
+    @property
+    def context(self) -> AttentionContext:
+        """The controller's context (its ``token`` orders the attention op after a context hook's op, if any)."""
+        return self.controller.context
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        if torch.compiler.is_compiling():  # the phase is read when the op runs: one graph for every phase
+            return self._compiled_call(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         processor = self.full if self.controller.context.phase == "full_record" else self.window
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+
+    def _compiled_call(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
+        """q/k/v projected in the graph (both branches project alike), the branch's attention in one opaque op."""
+        for name, branch in (("full", self.full), ("window", self.window)):
+            if not isinstance(branch, VideoAttnProcessor) and type(branch) is not WanAttnProcessor:
+                raise ValueError(
+                    f"torch.compile of the cross-attention override needs vidattn processors (or the stock WanAttnProcessor) "
+                    f"on both branches; the {name} branch is a {type(branch).__name__}: run it uncompiled"
+                )
+        if self._parallel_config is not None:
+            raise ValueError("torch.compile of a context-parallel model with vidattn processors is not supported: run it uncompiled")
+        if detect_family(attn) != "wan" or not is_video_self_attention("wan", attn, encoder_hidden_states):
+            raise ValueError(f"BranchSelfAttnProcessor belongs on a Wan block's attn1, got a call of {type(attn).__name__}")
+        call = project("wan", attn, hidden_states, None, attention_mask, rotary_emb)
+        return call.finish(compiled_attention(self, call, "wan", rotary_emb))
+
+    def attention_at_run_time(self, call: ProjectedCall, family: str, rope: Any) -> torch.Tensor:
+        """The phase's branch on the projected call, when the compiled op runs (the stock branch: exact SDPA)."""
+        branch = self.full if self.controller.context.phase == "full_record" else self.window
+        if isinstance(branch, VideoAttnProcessor):
+            return branch.attention_at_run_time(call, family, rope)
+        return dense_attend(call.query, call.key, call.value, None, call.key_valid, family)
 
 
 class OverrideCrossAttnProcessor:
@@ -185,8 +218,12 @@ class OverrideCrossAttnProcessor:
         self.controller = controller
         self.layer = layer
         self.base = WanAttnProcessor() if base is None else base
+        self.handle = OpHandle(self)  # what torch.compile passes into vidattn::owner_call
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
+        if torch.compiler.is_compiling():  # computed in the graph every pass; recorded or replaced when the op runs
+            output = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+            return owner_call(self, "cross", [output], [0], self.controller.context.token)[0]
         phase = self.controller.context.phase
         if phase == "window_inject":
             return self.controller.load(self.layer, hidden_states)
@@ -194,6 +231,17 @@ class OverrideCrossAttnProcessor:
         if phase == "full_record":
             self.controller.store(self.layer, output)
         return output
+
+    def run_op(self, what: str, inputs: list) -> list[torch.Tensor]:
+        """The compiled pass's phase work on this call's own output (``vidattn::owner_call``): record a copy, or
+        return the record instead."""
+        (output,) = inputs
+        phase = self.controller.context.phase
+        if phase == "window_inject":
+            return [self.controller.load(self.layer, output).clone()]
+        if phase == "full_record":
+            self.controller.store(self.layer, output.clone())
+        return [output]
 
 
 def _wan_blocks(transformer: torch.nn.Module) -> Sequence[torch.nn.Module]:

@@ -16,6 +16,7 @@ from .compiled import compiled_attention
 from .config import MethodConfig, config_with_overrides
 from .families import (
     FAMILIES,
+    ProjectedCall,
     ROPE_POSITIONAL,
     detect_family,
     is_video_self_attention,
@@ -141,6 +142,14 @@ class VideoAttnProcessor:
             return self._run_stock(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs)
         call = project(family, attn, hidden_states, encoder_hidden_states, attention_mask, rope)
         return call.finish(compiled_attention(self, call, family, rope))
+
+    def attention_at_run_time(self, call: ProjectedCall, family: str, rope: Any) -> torch.Tensor:
+        """The attention of a projected video call, decided when it runs (what ``vidattn::video_attention`` runs
+        under torch.compile): the dense warm-up, else the grid and :meth:`attend`."""
+        if self.is_dense_now():  # dense warm-up: the stock processor's SDPA on the same q/k/v
+            return dense_attend(call.query, call.key, call.value, None, call.key_valid, family)
+        layout = self.resolve_layout(family, rope, call.query.shape[-2] - call.text).with_text(call.text, call.text_position)
+        return self.attend(call.query, call.key, call.value, layout, call.key_valid, family)
 
     def _run_stock(self, family, attn, hidden_states, encoder_hidden_states, attention_mask, rope, kwargs):
         if family is None:

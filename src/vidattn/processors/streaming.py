@@ -30,6 +30,7 @@ from ..kernels.linear_state import LinearAttentionState, linear_readout, relu_fe
 from ..layout import VideoLayout
 from ..patterns.streaming import frame_tokens, frames_to_evict, rope_positions, topk_window_plan
 from .base import VideoAttnProcessor
+from .compiled import SCALAR, owner_call
 from .config import config_with_overrides
 from .families import _wan_rope, detect_family, is_video_self_attention, project
 from .parallel import refuse_parallel
@@ -148,6 +149,8 @@ class StreamingAttnProcessor(VideoAttnProcessor):
         if not is_video_self_attention("wan", attn, encoder_hidden_states):
             return self._cross_attention(attn, hidden_states, encoder_hidden_states, attention_mask, cache_key)
         call = project("wan", attn, hidden_states, None, attention_mask, None)  # un-rotated q, k, v
+        if torch.compiler.is_compiling():
+            return call.finish(self._compiled_stream_attend(attn, call, rotary_emb))
         layout = self.resolve_layout("wan", rotary_emb, call.query.shape[-2])
         out = self.stream_attend(attn, call.query, call.key, call.value, layout, cache_key)
         return call.finish(out)
@@ -156,9 +159,10 @@ class StreamingAttnProcessor(VideoAttnProcessor):
         """Text cross-attention with K/V computed once per prompt (``state.new_prompt()`` invalidates them)."""
         if attn.add_k_proj is not None or getattr(attn, "fused_projections", False) or attention_mask is not None:
             return WanAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, None)
-        version = self.state.prompt_version
+        # Compiled: K/V in the graph on every call (the cache is Python state; the values are the same).
+        version = None if torch.compiler.is_compiling() else self.state.prompt_version
         signature = (version, tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype, encoder_hidden_states.device)
-        entry = self.state.cross.get(cache_key)
+        entry = None if version is None else self.state.cross.get(cache_key)
         if version is not None and entry is not None and entry[0] == signature:
             key, value = entry[1], entry[2]
         else:
@@ -183,6 +187,42 @@ class StreamingAttnProcessor(VideoAttnProcessor):
     # -- attention -----------------------------------------------------------------------------------
     def stream_attend(self, attn, query, key, value, layout: VideoLayout, cache_key) -> torch.Tensor:
         """One chunk's queries over [cached window | chunk] plus, in hybrid mode, the linear readout."""
+        proj = linear_proj_of(attn)
+        out, readout = self._stream_core(query, key, value, layout, cache_key, with_readout=proj is not None)
+        if readout is not None:
+            out = out + proj(readout.to(proj.weight.dtype)).to(out.dtype)
+        return out
+
+    def _compiled_stream_attend(self, attn, call, rope) -> torch.Tensor:
+        """Under torch.compile: the cache, RoPE, attention, linear readout and commit in one opaque op
+        (``vidattn::owner_call``, :meth:`run_op`); ``linear_proj`` stays in the graph, gated by the op (0 while the
+        state is empty, as the eager path skips it)."""
+        if self.layer_idx is None:
+            raise ValueError("torch.compile of StreamingAttnProcessor needs layer_idx=: install with apply_streaming_attention(transformer, config)")
+        if not (isinstance(rope, (tuple, list)) and len(rope) == 2):
+            raise ValueError("torch.compile of StreamingAttnProcessor needs the Wan transformer's (cos, sin) RoPE tables")
+        proj = linear_proj_of(attn) if self.config.mode == "hybrid" else None
+        token = None if self.context is None else self.context.token
+        inputs = [call.query, call.key, call.value, rope[0], rope[1]]
+        if proj is None:
+            return owner_call(self, "stream", inputs, [2], token)[0]
+        out, readout, gate = owner_call(self, "stream_readout", inputs, [2, 2, SCALAR], token)
+        return out + gate * proj(readout.to(proj.weight.dtype)).to(out.dtype)
+
+    def run_op(self, what: str, inputs: list) -> list[torch.Tensor]:
+        """The compiled call's stream step (``vidattn::owner_call``): ``"stream"`` -> [out]; ``"stream_readout"`` ->
+        [out, linear readout, gate] with gate 1 if the linear state holds frames, else 0 (and a zero readout)."""
+        query, key, value, cos, sin = inputs
+        layout = self.resolve_layout("wan", (cos, sin), query.shape[-2])
+        with_readout = what == "stream_readout"
+        out, readout = self._stream_core(query, key, value, layout, self.layer_idx, with_readout)
+        if not with_readout:
+            return [out]
+        gate = query.new_tensor(0.0 if readout is None else 1.0)
+        return [out, torch.zeros_like(value) if readout is None else readout.to(value.dtype), gate]
+
+    def _stream_core(self, query, key, value, layout: VideoLayout, cache_key, with_readout: bool):
+        """(softmax output, linear readout or None) of one chunk; commits the chunk on the commit pass."""
         cfg = self.config
         cache = self.state.layer(cache_key)
         first = self.context.frame if self.context is not None else 0
@@ -209,20 +249,21 @@ class StreamingAttnProcessor(VideoAttnProcessor):
         rotated_keys = self._rotate(keys, positions, layout)
         keep = cfg.sparse_keep if cfg.mode == "hybrid" else 1.0
         out = topk_window_attention(rotated_query, rotated_keys, values, keep, cfg.block_size, cfg.backend)
-        proj = linear_proj_of(attn)
-        if cfg.mode == "hybrid" and proj is not None and cache.linear is not None and cache.linear.count:
+        readout = None
+        if cfg.mode == "hybrid" and with_readout and cache.linear is not None and cache.linear.count:
             # Training-file readout psi(q) = RoPE(phi(q)): see docs/streaming.md for why not the inference file's RoPE(q).
             numerator_query = self._rotate(relu_feature(query), positions[-count:], layout)
-            out = out + proj(linear_readout(cache.linear, numerator_query, query, cfg.eps).to(proj.weight.dtype)).to(out.dtype)
+            readout = linear_readout(cache.linear, numerator_query, query, cfg.eps)
         if commit:
             self._commit(cache, key, value, current, layout)
-        return out
+        return out, readout
 
     def _commit(self, cache, key, value, current: list[int], layout: VideoLayout) -> None:
         """Append the chunk (un-rotated) and evict the oldest non-sink frames that the next chunk's window drops."""
         cfg = self.config
-        cache.key = key if cache.key is None else torch.cat([cache.key, key], dim=-2)
-        cache.value = value if cache.value is None else torch.cat([cache.value, value], dim=-2)
+        # Copies, never the call's own tensors: a compiled graph may reuse their memory after the op.
+        cache.key = key.clone() if cache.key is None else torch.cat([cache.key, key], dim=-2)
+        cache.value = value.clone() if cache.value is None else torch.cat([cache.value, value], dim=-2)
         cache.frames = cache.frames + current
         if cfg.mode == "dense":
             return
