@@ -131,6 +131,7 @@ def test_empty_ranges_and_no_ranges():
     torch.testing.assert_close(out, reference(q, k, v, naive_mask(selected, ranges, 10)), atol=1e-5, rtol=1e-5)
     assert torch.all(out[0, 0, 0::2] == 0)
     assert torch.all(range_select_attention(q, k, v, torch.zeros(1, 1, 6, 0, dtype=torch.bool), ()) == 0)
+    assert range_select_attention(q[:, :, :0], k, v, selected[:, :, :0], ranges).shape == (1, 1, 0, 8)
 
 
 def test_resolve_backend_rule():

@@ -146,6 +146,11 @@ def _pieces(selected: torch.Tensor, ranges: Ranges, key_valid: torch.Tensor | No
     per_batch = sb > 1 or (valid is not None and valid.shape[0] > 1)
     batch_groups = [(b, b + 1) for b in range(batch)] if per_batch else [(0, batch)]
     head_groups = [(h, h + 1) for h in range(heads)] if sh > 1 else [(0, heads)]
+    if columns.numel() == 0:  # no ranges or no queries
+        return ()
+    # Every (batch, head, range) row list from one nonzero over the whole table, split by the row counts.
+    found = torch.nonzero(columns.view(-1, columns.shape[-1]))[:, 1]
+    rows_of = torch.split(found, columns.sum(-1).view(-1).tolist())
     runs_of: dict[int, tuple[Ranges, ...]] = {}
     pieces = []
     for b0, b1 in batch_groups:
@@ -154,12 +159,10 @@ def _pieces(selected: torch.Tensor, ranges: Ranges, key_valid: torch.Tensor | No
             runs_of[vb] = _clip(ranges, None if valid is None else _true_runs(valid[vb].numpy()))
         runs = runs_of[vb]
         for h0, h1 in head_groups:
-            cols = columns[b0 if sb > 1 else 0, h0 if sh > 1 else 0]
+            first = ((b0 if sb > 1 else 0) * sh + (h0 if sh > 1 else 0)) * len(ranges)
             for r, range_runs in enumerate(runs):
-                if not range_runs:
-                    continue
-                rows = torch.nonzero(cols[r]).view(-1)
-                if rows.numel():
+                rows = rows_of[first + r]
+                if range_runs and rows.numel():
                     pieces.append(_Piece((b0, b1), (h0, h1), rows, range_runs))
     return tuple(pieces)
 
