@@ -259,6 +259,65 @@ def test_gather_gradients_match_masked_sdpa(kind):
         torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["1d", "2d", "3d"])
+@pytest.mark.parametrize("text,position", [(0, "after"), (4, "before"), (3, "after")])
+def test_ranges_backend_equals_dense_backend_and_naive_mask(kind, text, position):
+    g = torch.Generator().manual_seed(13)
+    layout = VideoLayout(5, 5, 7, text, position)
+    n = layout.total_tokens
+    q, k, v = (torch.randn(2, 2, n, 8, generator=g) for _ in range(3))
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, 0 if position == "before" else n - 1] = False  # a padded text key (or the last video key)
+    key_valid[0, layout.video_start + 3] = False  # a masked video key
+    part = build_partition(layout, kind, CHUNKS[kind])
+    vplan = vmoba_plan(q, k, part, threshold=0.3, block_size=16)
+    mask = naive_mask(layout, kind, CHUNKS[kind], vplan.selection) & key_valid.view(2, 1, 1, n)
+    assert not mask.all()
+    dense = attention_with_plan(q, k, v, vplan, key_valid, backend="dense")
+    ranges = attention_with_plan(q, k, v, vplan, key_valid, backend="ranges")
+    torch.testing.assert_close(ranges, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ranges, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=1e-5)
+    proc = VMoBAAttnProcessor(kind=kind, threshold=0.3, block_size=16, backend="ranges", **{f: CHUNKS[c] for c, f in (("1d", "temporal_chunk"), ("2d", "spatial_chunk"), ("3d", "st_chunk"))})
+    torch.testing.assert_close(proc.attend(q, k, v, layout, key_valid, "hunyuan"), dense, atol=1e-5, rtol=1e-5)
+    auto = VMoBAAttnProcessor(kind=kind, threshold=0.3, block_size=16, **{f: CHUNKS[c] for c, f in (("1d", "temporal_chunk"), ("2d", "spatial_chunk"), ("3d", "st_chunk"))})
+    assert torch.equal(auto.attend(q, k, v, layout, key_valid, "hunyuan"), proc.attend(q, k, v, layout, key_valid, "hunyuan")), "auto is ranges on the CPU"
+
+
+@pytest.mark.parametrize("kind", ["1d", "3d"])
+def test_ranges_gradients_match_masked_sdpa(kind):
+    g = torch.Generator().manual_seed(17)
+    layout = VideoLayout(5, 5, 7, 3, "after")
+    n = layout.total_tokens
+    q, k, v = (torch.randn(2, 2, n, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    upstream = torch.randn(2, 2, n, 8, generator=g, dtype=torch.float64)
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, -1] = False
+    vplan = vmoba_plan(q, k, build_partition(layout, kind, CHUNKS[kind]), threshold=0.3, block_size=16)
+    mask = naive_mask(layout, kind, CHUNKS[kind], vplan.selection) & key_valid.view(2, 1, 1, n)
+    grads = []
+    for run in ("ranges", "reference"):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        if run == "ranges":
+            out = attention_with_plan(*leaves, vplan, key_valid, backend="ranges")
+        else:
+            out = F.scaled_dot_product_attention(*leaves, attn_mask=mask)
+        (out * upstream).sum().backward()
+        grads.append([x.grad for x in leaves])
+    for mine, ref in zip(*grads):
+        torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-8)
+
+
+def test_ranges_backend_choice_and_errors():
+    assert VMoBAConfig(backend="ranges").backend == "ranges"
+    assert "ranges" in VMoBAConfig.backends and "segments" not in VMoBAConfig.backends
+    with pytest.raises(ValueError, match="backend must be one of"):
+        VMoBAConfig(backend="segments")  # VMoBA plans carry a token mask: segments never ran them
+    proc = VMoBAAttnProcessor(backend="ranges", kind="1d", temporal_chunk=2, block_size=16)
+    q = torch.empty(1, 1, VideoLayout(5, 5, 7).total_tokens, 8, device="meta")
+    with pytest.raises(ValueError, match="backend='ranges' runs on the CPU only"):
+        proc.attend(q, q, q, VideoLayout(5, 5, 7), None, "wan")
+
+
 # -- processors on the tiny models --------------------------------------------------------------------------
 SMALL = dict(temporal_chunk=2, spatial_chunk=(2, 2), st_chunk=(2, 2, 3), block_size=8, backend="gather")
 FAMILIES = {
@@ -298,11 +357,12 @@ def test_threshold_one_equals_stock_processor(family):
     assert (out - stock).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["gather", "ranges"])
 @pytest.mark.parametrize("family", ["hunyuan", "cogvideox-5b"])
-def test_layer_cycle_on_model_equals_naive_reference(family):
+def test_layer_cycle_on_model_equals_naive_reference(family, backend):
     build, make_inputs = FAMILIES[family]
-    model, inputs = build(), make_inputs()
-    config = VMoBAConfig(threshold=0.2, **SMALL)
+    model, inputs = build(), make_inputs()  # hunyuan: joint text after the video, the second prompt padded
+    config = VMoBAConfig(threshold=0.2, **{**SMALL, "backend": backend})
     with torch.no_grad():
         stock = model(**inputs)[0]
         install_processors(model, lambda i, fam, ctx: NaiveVMoBAReference(config, layer_kind(i)))
@@ -311,6 +371,22 @@ def test_layer_cycle_on_model_equals_naive_reference(family):
         out = model(**inputs)[0]
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
     assert (out - stock).abs().max() > 1e-4, "threshold 0.2 should be sparse on this grid"
+
+
+def test_training_gradients_ranges_equal_gather_on_model():
+    """LoRA-style training step on the tiny HunyuanVideo (joint text, padded prompt): parameter gradients through
+    the ranges kernel's backward equal those through the differentiable gather backend."""
+    build, make_inputs = FAMILIES["hunyuan"]
+    grads = {}
+    for backend in ("gather", "ranges"):
+        model, inputs = build(), make_inputs()
+        model.train()
+        apply_vmoba_attention(model, VMoBAConfig(threshold=0.2, **{**SMALL, "backend": backend}))
+        model(**inputs)[0].square().mean().backward()
+        grads[backend] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert grads["gather"].keys() == grads["ranges"].keys() and grads["gather"]
+    for name, ref in grads["gather"].items():
+        torch.testing.assert_close(grads["ranges"][name], ref, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_drop_in_dense_steps_and_dense_layers():

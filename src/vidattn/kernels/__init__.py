@@ -5,11 +5,24 @@
   forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x, bf16 1.12x; one thread, CPU time: forward f32
   2.55x (flex 1.43x), backward f32 2.27x, bf16 1.36x (flex has no CPU backward; gather's keeps GBs of scores).
 * CPU bf16 inference -> ``flex``: 2.11x vs segments 1.81x with two threads (a tie with one: 1.71x / 1.74x).
-* CPU, plan with a token mask (VMoBA, token-level windows) -> ``gather`` when training, else ``flex``.
-* other devices -> ``flex`` (``segments`` is CPU only).
+* CPU, VMoBA (a per-query choice of contiguous key ranges, ``resolve_backend(..., ranges=True)``) -> ``ranges``
+  (kernels/range_select.py: fused SDPA per (head, range) on the gathered selecting queries, exact token density,
+  forward and backward). One thread, CPU time, 1D at 21x30x52: forward bf16 4.61x dense SDPA (flex 0.66x), f32
+  4.71x (flex 1.07x); backward bf16 3.68x, f32 4.96x; a training step at 21x15x26: 3.1-4.4x (gather 0.2x).
+* CPU, plan with a token mask (token-level windows) -> ``gather`` when training, else ``flex``.
+* other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """
 
-from .block_sparse import BACKENDS, block_sparse_attention, plan_token_mask, resolve_backend
+from .block_sparse import BACKENDS, RANGE_BACKENDS, block_sparse_attention, plan_token_mask, resolve_backend
 from .flex import FlexRecompileLimitError
+from .range_select import range_select_attention
 
-__all__ = ["BACKENDS", "FlexRecompileLimitError", "block_sparse_attention", "plan_token_mask", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "FlexRecompileLimitError",
+    "RANGE_BACKENDS",
+    "block_sparse_attention",
+    "plan_token_mask",
+    "range_select_attention",
+    "resolve_backend",
+]

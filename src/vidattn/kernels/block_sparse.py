@@ -1,10 +1,13 @@
-"""Block-sparse attention for a BlockPlan with four interchangeable backends.
+"""Block-sparse attention for a BlockPlan with four interchangeable backends (and the name of a fifth).
 
 * ``flex``   FlexAttention with a ``BlockMask`` built by ``from_kv_blocks`` (never an N x N evaluation; see flex.py).
 * ``gather`` differentiable pure PyTorch: gathers each query tile's key tiles; runs and trains anywhere.
 * ``segments`` CPU, plans without a token mask: fused SDPA on views of the plan's rectangles and diagonal strips,
   merged by log-sum-exp (kernels/segments.py); realises the sparsity forward and backward.
 * ``dense``  SDPA with the explicit token-level boolean mask: the exact reference.
+
+``ranges`` (kernels/range_select.py) runs a per-query selection of contiguous key ranges, not a BlockPlan: the
+methods that have one (VMoBA) call it themselves; ``resolve_backend(..., ranges=True)`` names it.
 """
 
 from __future__ import annotations
@@ -19,16 +22,25 @@ from .flex import flex_plan_attention, sorted_indices
 from .segments import segment_attention
 
 BACKENDS = ("auto", "flex", "gather", "segments", "dense")
+# Methods whose plan is a per-query choice of contiguous key ranges (VMoBA) can also run ``ranges``
+# (kernels/range_select.py, CPU only); ``segments`` never applies to them (their plans carry a token mask).
+RANGE_BACKENDS = ("auto", "flex", "gather", "dense", "ranges")
 
 
-def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None) -> str:
-    """``auto``: on the CPU, ``segments`` for plans without a token mask (measured fastest for training and f32
+def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None, ranges: bool = False) -> str:
+    """``auto``: on the CPU, ``ranges`` where the caller can run it (``ranges=True``: VMoBA; measured fastest for
+    inference and training), else ``segments`` for plans without a token mask (measured fastest for training and f32
     inference; bf16 inference stays on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no
     backward (CPU training) -> gather. Without ``plan`` a token mask is assumed possible."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    allowed = RANGE_BACKENDS if ranges else BACKENDS
+    if backend not in allowed:
+        raise ValueError(f"backend must be one of {allowed}, got {backend!r}")
+    if backend == "ranges" and query.device.type != "cpu":
+        raise ValueError(f"backend='ranges' runs on the CPU only, got device {query.device}; use 'flex' or 'auto' there")
     if backend != "auto":
         return backend
+    if ranges and query.device.type == "cpu":
+        return "ranges"
     training = torch.is_grad_enabled() and query.requires_grad
     if query.device.type == "cpu" and plan is not None and plan.token_mask is None and (training or query.dtype != torch.bfloat16):
         return "segments"

@@ -331,6 +331,21 @@ def vmoba_plan(
     Depends on q and k, so it is rebuilt every call; only ``partition`` is worth caching. No gradient flows
     through the (discrete) selection.
     """
+    selection = vmoba_selection(query, key, partition, select_mode, threshold_type, threshold, topk)
+    return plan_from_selection(selection, partition, block_size, group_queries)
+
+
+def vmoba_selection(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    partition: Partition,
+    select_mode: str = "threshold",
+    threshold_type: str = "query_head",
+    threshold: float = 0.25,
+    topk: int = 1,
+) -> torch.Tensor:
+    """The (B, H, S, C) block selection of video queries (original order) for (B, H, N, D) post-RoPE q/k, without
+    the tile plan (what a kernel that runs the selection directly needs). No gradient flows through it."""
     layout = partition.layout
     if query.shape[-2] != layout.total_tokens or key.shape[-2] != layout.total_tokens:
         raise ValueError(f"layout {layout} has {layout.total_tokens} tokens, got query {query.shape[-2]} and key {key.shape[-2]}")
@@ -338,5 +353,25 @@ def vmoba_plan(
     with torch.no_grad():
         ids = partition.video_ids.to(query.device)
         gate = block_gate(query[..., start : start + video, :], key[..., start : start + video, :], ids, partition.num_blocks)
-        selection = select_blocks(gate, ids, select_mode, threshold_type, threshold, topk)
-        return plan_from_selection(selection, partition, block_size, group_queries)
+        return select_blocks(gate, ids, select_mode, threshold_type, threshold, topk)
+
+
+def block_ranges(partition: Partition) -> tuple[tuple[int, int], ...]:
+    """Key range ``(start, stop)`` in partition order of every block, then of the text (empty without text)."""
+    layout = partition.layout
+    start, video = layout.video_start, layout.video_tokens
+    bounds = [start, *(start + torch.cumsum(partition.block_sizes[:-1].cpu(), 0)).tolist()]
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    text = (0, start) if start else (start + video, layout.total_tokens)
+    return (*ranges, text)
+
+
+def selection_columns(selection: torch.Tensor, partition: Partition) -> torch.Tensor:
+    """(B, H, N, C + 1) allowed-range table with queries in the original order (ranges as :func:`block_ranges`):
+    a video query's selected blocks plus the text, a text query every range (the rule of :func:`selection_rows`)."""
+    layout = partition.layout
+    b, h, _, c = selection.shape
+    start, video = layout.video_start, layout.video_tokens
+    columns = torch.ones(b, h, layout.total_tokens, c + 1, dtype=torch.bool, device=selection.device)
+    columns[:, :, start : start + video, :c] = selection
+    return columns

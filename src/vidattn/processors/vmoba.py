@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..checks import check_bool, check_choice, check_int
-from ..kernels import block_sparse_attention
+from ..kernels import RANGE_BACKENDS, block_sparse_attention, range_select_attention, resolve_backend
 from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
 from ..patterns.vmoba import (
     KINDS,
     Partition,
     VMoBAPlan,
+    block_ranges,
     build_partition,
     layer_kind,
     normalize_chunk,
     partition_map,
+    selection_columns,
     validate_selection,
     vmoba_plan,
+    vmoba_selection,
 )
 from .base import MethodAttnProcessor
 from .config import MethodConfig
@@ -34,7 +38,13 @@ class VMoBAConfig(MethodConfig):
     layer) unless ``kind`` forces one partition; the first ``dense_layers`` layers and ``dense_steps`` steps run the
     stock processor (the official code's ``first_sparse_layer`` is ``dense_layers``). ``topk`` (for
     ``select_mode="topk"``) is one int or one per kind (1d, 2d, 3d).
+
+    ``backend``: ``auto`` runs ``ranges`` on the CPU (the selection itself, no tiles: kernels/range_select.py) and
+    FlexAttention elsewhere; ``flex``, ``gather`` (differentiable anywhere) and ``dense`` (the reference) run the tile
+    plan with its token mask.
     """
+
+    backends: ClassVar[tuple[str, ...]] = RANGE_BACKENDS
 
     temporal_chunk: int = 2
     spatial_chunk: tuple[int, int] = (4, 13)
@@ -97,13 +107,37 @@ def attention_with_plan(
     backend: str = "auto",
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute."""
+    """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute
+    (``backend="ranges"``: the plan's selection on the range kernel, its tiles unused)."""
     part = vplan.partition
+    if resolve_backend(backend, query, vplan.plan, ranges=True) == "ranges":
+        return attention_with_selection(query, key, value, vplan.selection, part, key_valid, scale)
     if part.identity and vplan.query_order is None:
         return block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
     return block_sparse_attention_in_order(
         query, key, value, vplan.plan, part.perm, query_order=vplan.query_order, key_valid=key_valid, backend=backend, scale=scale
     )
+
+
+def attention_with_selection(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    selection: torch.Tensor,
+    partition: Partition,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of original-order (B, H, N, D) tensors under a (B, H, S, C) selection on the CPU range kernel:
+    keys/values (and ``key_valid``) go to partition order, where each block is one contiguous range; queries stay
+    in place (the kernel gathers them by index), so the output needs no unpermuting."""
+    if not partition.identity:
+        order = partition.perm.to(query.device)
+        key, value = (x.index_select(-2, order) for x in (key, value))
+        if key_valid is not None:
+            key_valid = key_valid.index_select(-1, order.to(key_valid.device))
+    columns = selection_columns(selection, partition)
+    return range_select_attention(query, key, value, columns, block_ranges(partition), key_valid, scale)
 
 
 class VMoBAAttnProcessor(MethodAttnProcessor):
@@ -130,5 +164,13 @@ class VMoBAAttnProcessor(MethodAttnProcessor):
         c = self.config
         return vmoba_plan(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind), c.block_size, c.group_queries)
 
+    def selection(self, query: torch.Tensor, key: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
+        """This call's (B, H, S, C) block selection, without the tile plan (what ``backend="ranges"`` runs)."""
+        c = self.config
+        return vmoba_selection(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind))
+
     def attend(self, query, key, value, layout, key_valid, family):
+        if resolve_backend(self.config.backend, query, ranges=True) == "ranges":
+            part = self.partition(layout, query.device)
+            return attention_with_selection(query, key, value, self.selection(query, key, layout), part, key_valid)
         return attention_with_plan(query, key, value, self.plan(query, key, layout, family), key_valid, self.config.backend)
