@@ -179,3 +179,21 @@ def test_real_keys_are_never_attended():
     q, k, v = qkv(2, 2, n, 16, seed=7)
     out = block_sparse_attention(q, k, v, plan, key_valid, backend="segments")
     torch.testing.assert_close(out, reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_gradients_close_to_float32_reference():
+    """bf16 strips run their backward as masked pairs of query tiles: gradients stay at bf16 accuracy."""
+    layout = VideoLayout(12, 8, 16, text=20)
+    plan = radial_plan(layout, RadialPattern(decay=0.3, block_size=16, decimation=16))
+    n = layout.total_tokens
+    pieces = segment_plan(plan.tiles[0, 0].numpy(), n // 16, np.arange(plan.num_blocks) < n // 16)
+    assert any(r1 - r0 >= 2 for r0, r1, _, _ in pieces.strips), "the case should hold strips of two or more tiles"
+    q, k, v = (t.bfloat16().float().requires_grad_(True) for t in qkv(1, 2, n, 32, seed=8))
+    grad = torch.randn(1, 2, n, 32, generator=torch.Generator().manual_seed(9)).bfloat16()
+    reference(q, k, v, expand_tiles(plan.tiles, 16, n)).backward(grad.float())
+    expected = [t.grad for t in (q, k, v)]
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_(True) for t in (q, k, v))
+    block_sparse_attention(qb, kb, vb, plan, backend="segments").backward(grad)
+    for got, want in zip((qb.grad, kb.grad, vb.grad), expected):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, atol=3e-2 * want.abs().max().item(), rtol=0)

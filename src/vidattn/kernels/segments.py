@@ -251,6 +251,23 @@ def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torc
     return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
 
 
+def _head_tile_view(x: torch.Tensor, start_tile: int, count: int, width: int, bs: int) -> torch.Tensor:
+    """(count, 1, width*bs, D) windows of one head's x (N, D): the window index is the batch dimension.
+
+    One head per call keeps the fused kernel's (batch, seq, heads, dim) output contiguous: with the windows as
+    heads, output rows lie heads * dim elements apart (4 KB for 16 bf16 windows of 128), which thrashes the cache.
+    """
+    return _tile_view(x.unsqueeze(0), start_tile, count, width, bs).transpose(0, 1)
+
+
+def _ordered_calls(job: _Job, bs: int, n: int) -> list[tuple]:
+    """The job's rectangle and strip calls, in order of their first query row (the accumulator rows they update
+    then stay in cache from one call to the next)."""
+    calls = [(q0, 0, ("rect", (q0, q1), kr)) for (q0, q1), kr in _rect_calls(job, bs, n)]
+    calls += [(r0 * bs, 1, ("strip", r0, t, c, w)) for r0, t, c, w in _strip_calls(job)]
+    return [call for _, _, call in sorted(calls, key=lambda x: (x[0], x[1]))]
+
+
 def _forward(query, key, value, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
     merger = _Merger((batch, heads, n, dim), query.device, _accumulate_dtype(query.dtype))
@@ -258,24 +275,31 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
         (b0, b1), (h0, h1) = job.batch, job.heads
         q, k, v = (x[b0:b1, h0:h1] for x in (query, key, value))
         acc, ref, wsum = (x[b0:b1, h0:h1] for x in (merger.acc, merger.ref, merger.weight))
-        for (qs, qe), (ks, ke) in _rect_calls(job, bs, n):
-            out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
-            merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+        for call in _ordered_calls(job, bs, n):
+            if call[0] == "rect":
+                (qs, qe), (ks, ke) = call[1:]
+                out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
+                merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+                continue
+            r0, t, c, w = call[1:]
+            rows = slice(r0 * bs, (r0 + t) * bs)
+            for b in range(b0, b1):
+                for h in range(h0, h1):
+                    out, lse = _flash(
+                        _head_tile_view(query[b, h], r0, t, 1, bs),
+                        _head_tile_view(key[b, h], r0 + c, t, w, bs),
+                        _head_tile_view(value[b, h], r0 + c, t, w, bs),
+                        scale=scale,
+                    )[:2]
+                    merger.merge(
+                        merger.acc[b, h, rows].view(t, 1, bs, dim),
+                        merger.ref[b, h, rows].view(t, 1, bs),
+                        merger.weight[b, h, rows].view(t, 1, bs),
+                        out,
+                        lse,
+                    )
         hh = h1 - h0
         for b in range(b0, b1):
-            for r0, t, c, w in _strip_calls(job):
-                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
-                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
-                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
-                out, lse = _flash(qv, kv, vv, scale=scale)[:2]
-                rows = slice(r0 * bs, (r0 + t) * bs)
-                merger.merge(
-                    merger.acc[b, h0:h1, rows].view(hh, t, bs, dim),
-                    merger.ref[b, h0:h1, rows].view(hh, t, bs),
-                    merger.weight[b, h0:h1, rows].view(hh, t, bs),
-                    out,
-                    lse,
-                )
             whole = n // bs
             acc_t = merger.acc[b, h0:h1, : whole * bs].view(hh, whole, bs, dim)
             ref_t = merger.ref[b, h0:h1, : whole * bs].view(hh, whole, bs)
@@ -293,10 +317,67 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
 # ----------------------------------------------------------------------------------------------- backward
 
 
+def _windows(x: torch.Tensor, start_tile: int, count: int, width: int, step: int, bs: int) -> torch.Tensor:
+    """(H, count, width*bs[, D]) view of x (H, N[, D]): window i holds tiles [start + i*step, start + i*step + width)."""
+    sh, sn = x.stride()[:2]
+    shape, strides = (x.shape[0], count, width * bs), (sh, step * bs * sn, sn)
+    if x.dim() == 3:
+        shape, strides = shape + (x.shape[2],), strides + (x.stride(2),)
+    return x.as_strided(shape, strides, x.storage_offset() + start_tile * bs * sn)
+
+
+def _pair_mask(width: int, bs: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask of a query-tile pair against its ``width + 1`` key tiles: query tile i sees key tiles
+    [i, i + width)."""
+    mask = torch.zeros(2 * bs, (width + 1) * bs, dtype=dtype)
+    mask[:bs, width * bs :] = float("-inf")
+    mask[bs:, :bs] = float("-inf")
+    return mask
+
+
+def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: float, masks: dict) -> None:
+    """Gradients of one strip chunk (query tiles r0..r0+t, key tiles r + c .. r + c + w), added into dq/dk/dv.
+
+    Reduced precision runs pairs of query tiles against their w + 1 key tiles with a band mask: the fused
+    backward's 256-query regime does more useful work per second there than the 128-query one, despite the
+    masked tile (measured 108-111 vs 77-91 GFLOP/s bf16 at w = 3, 59 vs 35-48 at w = 2, one thread). In f32
+    the masked tile costs more than it saves, so each tile runs alone, one head per call (contiguous outputs).
+    """
+    query, key, value, grad_out, out, lse, dq, dk, dv = tensors
+    hh = query.shape[0]
+    pairs = t // 2 if query.dtype in (torch.bfloat16, torch.float16) else 0
+    if pairs:
+        mask = masks.get(w)
+        if mask is None:
+            mask = masks[w] = _pair_mask(w, bs, query.dtype)
+        g_, q_, o_, l_ = (_windows(x, r0, pairs, 2, 2, bs) for x in (grad_out, query, out, lse))
+        k_, v_ = (_windows(x, r0 + c, pairs, w + 1, 2, bs) for x in (key, value))
+        gq, gk, gv = _flash_backward(g_, q_, k_, v_, o_, l_, 0.0, False, attn_mask=mask, scale=scale)
+        _windows(dq, r0, pairs, 2, 2, bs).add_(gq)
+        for o in range(w + 1):
+            cols = slice(o * bs, (o + 1) * bs)
+            _windows(dk, r0 + c + o, pairs, 1, 2, bs).add_(gk[:, :, cols])
+            _windows(dv, r0 + c + o, pairs, 1, 2, bs).add_(gv[:, :, cols])
+        r0, t = r0 + 2 * pairs, t - 2 * pairs
+        if t == 0:
+            return
+    for h in range(hh):
+        one = slice(h, h + 1)
+        g_, q_, o_, l_ = (_windows(x[one], r0, t, 1, 1, bs).transpose(0, 1) for x in (grad_out, query, out, lse))
+        k_, v_ = (_windows(x[one], r0 + c, t, w, 1, bs).transpose(0, 1) for x in (key, value))
+        gq, gk, gv = _flash_backward(g_, q_, k_, v_, o_, l_, 0.0, False, scale=scale)
+        _windows(dq[one], r0, t, 1, 1, bs).transpose(0, 1).add_(gq)
+        for o in range(w):
+            cols = slice(o * bs, (o + 1) * bs)
+            _windows(dk[one], r0 + c + o, t, 1, 1, bs).transpose(0, 1).add_(gk[:, :, cols])
+            _windows(dv[one], r0 + c + o, t, 1, 1, bs).transpose(0, 1).add_(gv[:, :, cols])
+
+
 def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
     dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=_accumulate_dtype(query.dtype), device=query.device) for _ in range(3))
     grad_out = grad_out.to(query.dtype)
+    masks: dict[int, torch.Tensor] = {}  # pair masks by strip width, for this call only
     for job in jobs:
         (b0, b1), (h0, h1) = job.batch, job.heads
         sel = (slice(b0, b1), slice(h0, h1))
@@ -310,22 +391,9 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
             dv[sel][:, :, ks:ke] += gv
         for b in range(b0, b1):
             hh = h1 - h0
+            tensors = tuple(x[b, h0:h1] for x in (query, key, value, grad_out, out, lse, dq, dk, dv))
             for r0, t, c, w in _strip_calls(job):
-                r1 = r0 + t
-                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
-                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
-                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
-                gv_ = _tile_view(grad_out[b, h0:h1], r0, t, 1, bs)
-                ov = _tile_view(out[b, h0:h1], r0, t, 1, bs)
-                lv = lse[b, h0:h1, r0 * bs : r1 * bs].reshape(hh, t, bs)
-                gq, gk, gvv = _flash_backward(gv_, qv, kv, vv, ov, lv, 0.0, False, scale=scale)
-                dq[b, h0:h1, r0 * bs : r1 * bs] += gq.reshape(hh, t * bs, dim)
-                gk = gk.view(hh, t, w, bs, dim)
-                gvv = gvv.view(hh, t, w, bs, dim)
-                for o_ in range(w):
-                    first = (r0 + c + o_) * bs
-                    dk[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gk[:, :, o_])
-                    dv[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gvv[:, :, o_])
+                _strip_backward(tensors, r0, t, c, w, bs, scale, masks)
             whole = n // bs
             dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
             for w, rows, starts in _single_batches(job):
