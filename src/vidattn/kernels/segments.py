@@ -227,6 +227,18 @@ def _strip_calls(job: _Job):
             yield s0, s1 - s0, c, w
 
 
+def _strip_pair_calls(job: _Job):
+    """(first query tile, tiles, key offset, width) of the job's strips for the paired backward: chunks of an even
+    number of tiles (at most STRIP_CHUNK_TILES), then the odd tile, if any, alone."""
+    for r0, r1, c, w in job.pieces.strips:
+        pairs = (r1 - r0) // 2
+        if pairs:
+            for p0, p1 in _chunks(0, pairs, STRIP_CHUNK_TILES // 2):
+                yield r0 + 2 * p0, 2 * (p1 - p0), c, w
+        if (r1 - r0) % 2:
+            yield r1 - 1, 1, c, w
+
+
 def _single_batches(job: _Job):
     """Gathered calls for the job's single-row pieces: (width, row tiles, first key tiles), rows unique per call."""
     by_width: dict[int, list[list[tuple[int, int]]]] = {}
@@ -249,15 +261,6 @@ def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torc
     tiles = _tile_view(x, 0, x.shape[1] // bs, 1, bs)
     picked = tiles[:, index.unsqueeze(1) + torch.arange(width)]  # (H, P, width, bs, D), only the picked tiles
     return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
-
-
-def _head_tile_view(x: torch.Tensor, start_tile: int, count: int, width: int, bs: int) -> torch.Tensor:
-    """(count, 1, width*bs, D) windows of one head's x (N, D): the window index is the batch dimension.
-
-    One head per call keeps the fused kernel's (batch, seq, heads, dim) output contiguous: with the windows as
-    heads, output rows lie heads * dim elements apart (4 KB for 16 bf16 windows of 128), which thrashes the cache.
-    """
-    return _tile_view(x.unsqueeze(0), start_tile, count, width, bs).transpose(0, 1)
 
 
 def _ordered_calls(job: _Job, bs: int, n: int) -> list[tuple]:
@@ -283,21 +286,21 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
                 continue
             r0, t, c, w = call[1:]
             rows = slice(r0 * bs, (r0 + t) * bs)
+            hh = h1 - h0
             for b in range(b0, b1):
-                for h in range(h0, h1):
-                    out, lse = _flash(
-                        _head_tile_view(query[b, h], r0, t, 1, bs),
-                        _head_tile_view(key[b, h], r0 + c, t, w, bs),
-                        _head_tile_view(value[b, h], r0 + c, t, w, bs),
-                        scale=scale,
-                    )[:2]
-                    merger.merge(
-                        merger.acc[b, h, rows].view(t, 1, bs, dim),
-                        merger.ref[b, h, rows].view(t, 1, bs),
-                        merger.weight[b, h, rows].view(t, 1, bs),
-                        out,
-                        lse,
-                    )
+                out, lse = _flash(
+                    _tile_view(query[b, h0:h1], r0, t, 1, bs),
+                    _tile_view(key[b, h0:h1], r0 + c, t, w, bs),
+                    _tile_view(value[b, h0:h1], r0 + c, t, w, bs),
+                    scale=scale,
+                )[:2]
+                merger.merge(
+                    merger.acc[b, h0:h1, rows].view(hh, t, bs, dim),
+                    merger.ref[b, h0:h1, rows].view(hh, t, bs),
+                    merger.weight[b, h0:h1, rows].view(hh, t, bs),
+                    out,
+                    lse,
+                )
         hh = h1 - h0
         for b in range(b0, b1):
             whole = n // bs
@@ -335,7 +338,7 @@ def _pair_mask(width: int, bs: int, dtype: torch.dtype) -> torch.Tensor:
     return mask
 
 
-def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: float, masks: dict) -> None:
+def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: float, masks: dict, paired: bool) -> None:
     """Gradients of one strip chunk (query tiles r0..r0+t, key tiles r + c .. r + c + w), added into dq/dk/dv.
 
     Reduced precision runs pairs of query tiles against their w + 1 key tiles with a band mask: the fused
@@ -344,8 +347,7 @@ def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: fl
     the masked tile costs more than it saves, so each tile runs alone, one head per call (contiguous outputs).
     """
     query, key, value, grad_out, out, lse, dq, dk, dv = tensors
-    hh = query.shape[0]
-    pairs = t // 2 if query.dtype in (torch.bfloat16, torch.float16) else 0
+    pairs = t // 2 if paired else 0
     if pairs:
         mask = masks.get(w)
         if mask is None:
@@ -361,8 +363,8 @@ def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: fl
         r0, t = r0 + 2 * pairs, t - 2 * pairs
         if t == 0:
             return
-    for h in range(hh):
-        one = slice(h, h + 1)
+    # One head per call in f32; a reduced-precision leftover tile runs with its heads together (one call).
+    for one in [slice(None)] if paired else [slice(h, h + 1) for h in range(query.shape[0])]:
         g_, q_, o_, l_ = (_windows(x[one], r0, t, 1, 1, bs).transpose(0, 1) for x in (grad_out, query, out, lse))
         k_, v_ = (_windows(x[one], r0 + c, t, w, 1, bs).transpose(0, 1) for x in (key, value))
         gq, gk, gv = _flash_backward(g_, q_, k_, v_, o_, l_, 0.0, False, scale=scale)
@@ -392,8 +394,9 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
         for b in range(b0, b1):
             hh = h1 - h0
             tensors = tuple(x[b, h0:h1] for x in (query, key, value, grad_out, out, lse, dq, dk, dv))
-            for r0, t, c, w in _strip_calls(job):
-                _strip_backward(tensors, r0, t, c, w, bs, scale, masks)
+            paired = query.dtype in (torch.bfloat16, torch.float16)
+            for r0, t, c, w in _strip_pair_calls(job) if paired else _strip_calls(job):
+                _strip_backward(tensors, r0, t, c, w, bs, scale, masks, paired)
             whole = n // bs
             dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
             for w, rows, starts in _single_batches(job):
