@@ -6,8 +6,8 @@ overlapping strided views, no copies); the few tiles left over are gathered and 
 returns its output and log-sum-exp from ``aten._scaled_dot_product_flash_attention_for_cpu``; pieces are merged
 online into an f32 accumulator. The backward pass calls the fused backward per piece with the merged output and
 log-sum-exp, which gives each piece its exact share of the gradient (bf16 strips as masked pairs of query tiles,
-which the fused backward runs faster; bf16 gradients summed in bf16 like dense SDPA's). Plans with a ``token_mask`` are refused
-(their tiles are not all-or-nothing): run them on ``flex``, ``gather`` or ``dense``.
+which the fused backward runs faster; bf16 gradients summed in bf16 like dense SDPA's). Plans with a
+``token_mask`` are refused (their tiles are not all-or-nothing): run them on ``flex``, ``gather`` or ``dense``.
 """
 
 from __future__ import annotations
