@@ -241,27 +241,22 @@ def _strip_pair_calls(job: _Job):
 
 
 def _single_batches(job: _Job):
-    """Gathered calls for the job's single-row pieces: (width, row tiles, first key tiles), rows unique per call."""
-    by_width: dict[int, list[list[tuple[int, int]]]] = {}
+    """Gathered calls for the job's single-row pieces: a row's pieces are joined into one list of key tiles, and
+    rows with as many key tiles run in one call (few, long calls). Yields (row tiles (P,), key tiles (P, count))."""
+    by_row: dict[int, list[int]] = {}
     for r, c0, w in job.pieces.singles:
-        rounds = by_width.setdefault(w, [])
-        for batch in rounds:
-            if all(r != row for row, _ in batch):
-                batch.append((r, c0))
-                break
-        else:
-            rounds.append([(r, c0)])
-    for w, rounds in sorted(by_width.items()):
-        for batch in rounds:
-            rows, starts = zip(*batch)
-            yield w, torch.tensor(rows), torch.tensor(starts)
+        by_row.setdefault(r, []).extend(range(c0, c0 + w))
+    by_count: dict[int, list[tuple[int, list[int]]]] = {}
+    for r, cols in sorted(by_row.items()):
+        by_count.setdefault(len(cols), []).append((r, cols))
+    for _, items in sorted(by_count.items()):
+        yield torch.tensor([r for r, _ in items]), torch.tensor([cols for _, cols in items])
 
 
-def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torch.Tensor:
-    """(H, P, width*bs, D) copy of x (H, N, D): the windows of ``width`` tiles starting at tiles ``index``."""
+def _gathered(x: torch.Tensor, index: torch.Tensor, bs: int) -> torch.Tensor:
+    """(H, P, count*bs, D) copy of x (H, N, D): row p holds the tiles ``index[p]`` (P, count), in order."""
     tiles = _tile_view(x, 0, x.shape[1] // bs, 1, bs)
-    picked = tiles[:, index.unsqueeze(1) + torch.arange(width)]  # (H, P, width, bs, D), only the picked tiles
-    return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
+    return tiles[:, index].reshape(x.shape[0], index.shape[0], index.shape[1] * bs, x.shape[-1])
 
 
 def _ordered_calls(job: _Job, bs: int, n: int) -> list[tuple]:
@@ -308,9 +303,9 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
             acc_t = merger.acc[b, h0:h1, : whole * bs].view(hh, whole, bs, dim)
             ref_t = merger.ref[b, h0:h1, : whole * bs].view(hh, whole, bs)
             wsum_t = merger.weight[b, h0:h1, : whole * bs].view(hh, whole, bs)
-            for w, rows, starts in _single_batches(job):
-                qg = _gathered(query[b, h0:h1], rows, 1, bs)
-                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+            for rows, cols in _single_batches(job):
+                qg = _gathered(query[b, h0:h1], rows.unsqueeze(1), bs)
+                kg, vg = (_gathered(x[b, h0:h1], cols, bs) for x in (key, value))
                 out, lse = _flash(qg, kg, vg, scale=scale)[:2]
                 acc_g, ref_g, wsum_g = acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows]
                 merger.merge(acc_g, ref_g, wsum_g, out, lse)
@@ -404,14 +399,15 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
                 _strip_backward(tensors, r0, t, c, w, bs, scale, masks, paired)
             whole = n // bs
             dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
-            for w, rows, starts in _single_batches(job):
-                qg, gg, og = (_gathered(x[b, h0:h1], rows, 1, bs) for x in (query, grad_out, out))
-                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+            for rows, cols in _single_batches(job):
+                qg, gg, og = (_gathered(x[b, h0:h1], rows.unsqueeze(1), bs) for x in (query, grad_out, out))
+                kg, vg = (_gathered(x[b, h0:h1], cols, bs) for x in (key, value))
                 lg = lse[b, h0:h1, : whole * bs].view(hh, whole, bs)[:, rows]
                 gq, gk, gvv = _flash_backward(gg, qg, kg, vg, og, lg, 0.0, False, scale=scale)
                 dq_t.index_add_(1, rows, gq.to(dq.dtype))
-                gk, gvv = gk.to(dq.dtype).view(hh, -1, w, bs, dim), gvv.to(dq.dtype).view(hh, -1, w, bs, dim)
-                for o_ in range(w):
-                    dk_t.index_add_(1, starts + o_, gk[:, :, o_])
-                    dv_t.index_add_(1, starts + o_, gvv[:, :, o_])
+                shape = (hh, len(rows), cols.shape[1], bs, dim)
+                gk, gvv = gk.to(dq.dtype).reshape(shape), gvv.to(dq.dtype).reshape(shape)
+                for o_ in range(cols.shape[1]):  # index_add_ sums repeated key tiles
+                    dk_t.index_add_(1, cols[:, o_], gk[:, :, o_])
+                    dv_t.index_add_(1, cols[:, o_], gvv[:, :, o_])
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
