@@ -2,11 +2,11 @@
 
 ``backend="auto"`` (``resolve_backend``), from measurements at radial 21x30x52, 2 heads x 128 (docs/benchmarks.md):
 * CPU, plan without a token mask, training (any dtype) or inference in f32 (any dtype but bf16) -> ``segments``. Two threads, load ~1.5:
-  forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x, bf16 1.12x (before the paired bf16 backward);
-  one thread, CPU time, load ~3: forward f32 2.76x (flex 1.60x), backward f32 2.45x, bf16 1.57x (flex has no CPU
-  backward; gather's keeps GBs of scores).
+  forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x; bf16 backward 1.58x (load ~1, paired strips);
+  one thread, CPU time, load ~3: forward f32 2.76x (flex 1.60x), backward f32 2.45x, bf16 1.57-1.88x (flex has
+  no CPU backward; gather's keeps GBs of scores).
 * CPU bf16 inference -> ``flex``: segments is not robustly faster (one thread, load 3.4: 1.64x vs flex 1.70x best,
-  1.75x vs 2.07x median; two threads idle: 1.71-2.66x vs 1.75-2.94x; two threads under load it collapses).
+  1.75x vs 2.07x median; two threads, load 1.5: 1.74x vs 2.15x; idle runs overlap: 1.71-2.66x vs 1.75-2.94x).
 * CPU, plan with a token mask (VMoBA, token-level windows) -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` is CPU only).
 """
