@@ -13,8 +13,8 @@ autograd (FlexAttention has no CPU backward, so it is skipped there).
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import statistics
 import time
 
 import torch
@@ -41,7 +41,7 @@ def _timed(fn) -> float:
 
 
 def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: torch.dtype, backends: list[str], repeats: int, backward: bool, gather_backward: bool = False) -> dict:
-    """Best time (s) per backend; 'sdpa' is dense SDPA without a mask."""
+    """Best and median time (s) per backend ('times', 'medians'); 'sdpa' is dense SDPA without a mask."""
     plan = radial_plan(layout, RadialPattern(decay=decay, sink=True))
     g = torch.Generator().manual_seed(0)
     n = layout.total_tokens
@@ -50,7 +50,7 @@ def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: t
     names = ["sdpa"] + [b for b in backends if not (backward and b in ("flex", "gather"))]
     if backward and gather_backward and "gather" in backends:
         names.append("gather")
-    best = {name: math.inf for name in names}
+    all_times: dict[str, list[float]] = {name: [] for name in names}
     if backward:
         grad = torch.randn(1, heads, n, head_dim, generator=g).to(dtype)
         qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
@@ -65,12 +65,12 @@ def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: t
                 return back
 
             step()  # warm-up
-            best[name] = min(best[name], step())
+            all_times[name].append(step())
         for _ in range(repeats - 1):
             for name in names:
                 fn = _forward(name, qg, kg, vg, plan)
                 out = fn()
-                best[name] = min(best[name], _timed(lambda: out.backward(grad)))
+                all_times[name].append(_timed(lambda: out.backward(grad)))
                 for x in (qg, kg, vg):
                     x.grad = None
     else:
@@ -80,8 +80,10 @@ def bench(layout: VideoLayout, decay: float, heads: int, head_dim: int, dtype: t
                 fn()  # warm-up (FlexAttention compiles, segments plans)
             for _ in range(repeats):
                 for name, fn in fns.items():
-                    best[name] = min(best[name], _timed(fn))
-    return dict(density=plan.tile_density, times=best)
+                    all_times[name].append(_timed(fn))
+    best = {name: min(ts) for name, ts in all_times.items()}
+    medians = {name: statistics.median(ts) for name, ts in all_times.items()}
+    return dict(density=plan.tile_density, times=best, medians=medians)
 
 
 def main() -> None:
@@ -102,15 +104,17 @@ def main() -> None:
     layout = VideoLayout.parse(args.grid)
     clock = "process CPU time" if args.cpu_time else "wall time"
     print(f"grid {layout} heads {args.heads} head_dim {args.head_dim} threads {torch.get_num_threads()} {clock} load {os.getloadavg()}")
-    print("| mode | dtype | backend | time s | dense / backend | density |")
-    print("|---|---|---|---:|---:|---:|")
+    print("| mode | dtype | backend | best s | dense / backend (best) | median s | dense / backend (median) | density |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for mode in args.modes.split(","):
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
             res = bench(layout, args.decay, args.heads, args.head_dim, dtype, args.backends.split(","), args.repeats, mode == "backward", args.gather_backward)
-            dense = res["times"]["sdpa"]
+            dense, dense_med = res["times"]["sdpa"], res["medians"]["sdpa"]
             for name, t in res["times"].items():
-                print(f"| {mode} | {dtype_name} | {'dense SDPA' if name == 'sdpa' else name} | {t:.3f} | {dense / t:.2f}x | {res['density']:.3f} |", flush=True)
+                med = res["medians"][name]
+                label = "dense SDPA" if name == "sdpa" else name
+                print(f"| {mode} | {dtype_name} | {label} | {t:.3f} | {dense / t:.2f}x | {med:.3f} | {dense_med / med:.2f}x | {res['density']:.3f} |", flush=True)
     print(f"load after {os.getloadavg()}")
 
 

@@ -179,3 +179,28 @@ def test_real_keys_are_never_attended():
     q, k, v = qkv(2, 2, n, 16, seed=7)
     out = block_sparse_attention(q, k, v, plan, key_valid, backend="segments")
     torch.testing.assert_close(out, reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_gradients_close_to_float32_reference(dtype):
+    """bf16/f16 strips run their backward as masked pairs of query tiles (an odd last tile alone) and sum the
+    gradients in their own dtype: the error stays within twice dense SDPA's own error in that dtype."""
+    layout = VideoLayout(12, 8, 16, text=20)
+    plan = radial_plan(layout, RadialPattern(decay=0.3, block_size=16, decimation=16))
+    n = layout.total_tokens
+    pieces = segment_plan(plan.tiles[0, 0].numpy(), n // 16, np.arange(plan.num_blocks) < n // 16)
+    lengths = [r1 - r0 for r0, r1, _, _ in pieces.strips]
+    assert any(t >= 2 for t in lengths) and any(t % 2 for t in lengths), "the case should hold paired and odd strips"
+    q, k, v = (t.to(dtype).float().requires_grad_(True) for t in qkv(1, 2, n, 32, seed=8))
+    grad = torch.randn(1, 2, n, 32, generator=torch.Generator().manual_seed(9)).to(dtype)
+    reference(q, k, v, expand_tiles(plan.tiles, 16, n)).backward(grad.float())
+    expected = [t.grad for t in (q, k, v)]
+    qb, kb, vb = (t.detach().to(dtype).requires_grad_(True) for t in (q, k, v))
+    block_sparse_attention(qb, kb, vb, plan, backend="segments").backward(grad)
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_(True) for t in (q, k, v))  # dense SDPA's own error
+    reference(qd, kd, vd, expand_tiles(plan.tiles, 16, n)).backward(grad)
+    for got, dense, want in zip((qb.grad, kb.grad, vb.grad), (qd.grad, kd.grad, vd.grad), expected):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=3e-2 * want.abs().max().item(), rtol=0)
+        err, dense_err = ((x.float() - want).abs().mean().item() for x in (got, dense))
+        assert err <= 2 * dense_err, (err, dense_err)

@@ -2,9 +2,11 @@
 
 ``backend="auto"`` (``resolve_backend``), from measurements at radial 21x30x52, 2 heads x 128 (docs/benchmarks.md):
 * CPU, plan without a token mask, training (any dtype) or inference in f32 (any dtype but bf16) -> ``segments``. Two threads, load ~1.5:
-  forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x, bf16 1.12x; one thread, CPU time: forward f32
-  2.55x (flex 1.43x), backward f32 2.27x, bf16 1.36x (flex has no CPU backward; gather's keeps GBs of scores).
-* CPU bf16 inference -> ``flex``: 2.11x vs segments 1.81x with two threads (a tie with one: 1.71x / 1.74x).
+  forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x; bf16 backward 1.58x (load ~1, paired strips);
+  one thread, CPU time, load ~3: forward f32 2.76x (flex 1.60x), backward f32 2.45x, bf16 1.57-1.88x (flex has
+  no CPU backward; gather's keeps GBs of scores).
+* CPU bf16 inference -> ``flex``: segments is not robustly faster (one thread, load 3.4: 1.64x vs flex 1.70x best,
+  1.75x vs 2.07x median; two threads, load 1.5: 1.74x vs 2.15x; idle runs overlap: 1.71-2.66x vs 1.75-2.94x).
 * CPU, VMoBA (a per-query choice of contiguous key ranges, ``resolve_backend(..., ranges=True)``) -> ``ranges``
   (kernels/range_select.py: fused SDPA per (head, range) on the gathered selecting queries, exact token density,
   forward and backward). One thread, CPU time, 1D at 21x30x52: forward bf16 4.61x dense SDPA (flex 0.66x), f32

@@ -5,8 +5,9 @@ diagonal strips (query tile r against key tiles [r + c, r + c + w): one batched 
 overlapping strided views, no copies); the few tiles left over are gathered and run batched. Each piece
 returns its output and log-sum-exp from ``aten._scaled_dot_product_flash_attention_for_cpu``; pieces are merged
 online into an f32 accumulator. The backward pass calls the fused backward per piece with the merged output and
-log-sum-exp, which gives each piece its exact share of the gradient. Plans with a ``token_mask`` are refused
-(their tiles are not all-or-nothing): run them on ``flex``, ``gather`` or ``dense``.
+log-sum-exp, which gives each piece its exact share of the gradient (bf16 strips as masked pairs of query tiles,
+which the fused backward runs faster; bf16 gradients summed in bf16 like dense SDPA's). Plans with a
+``token_mask`` are refused (their tiles are not all-or-nothing): run them on ``flex``, ``gather`` or ``dense``.
 """
 
 from __future__ import annotations
@@ -227,28 +228,43 @@ def _strip_calls(job: _Job):
             yield s0, s1 - s0, c, w
 
 
+def _strip_pair_calls(job: _Job):
+    """(first query tile, tiles, key offset, width) of the job's strips for the paired backward: chunks of an even
+    number of tiles (at most STRIP_CHUNK_TILES), then the odd tile, if any, alone."""
+    for r0, r1, c, w in job.pieces.strips:
+        pairs = (r1 - r0) // 2
+        if pairs:
+            for p0, p1 in _chunks(0, pairs, STRIP_CHUNK_TILES // 2):
+                yield r0 + 2 * p0, 2 * (p1 - p0), c, w
+        if (r1 - r0) % 2:
+            yield r1 - 1, 1, c, w
+
+
 def _single_batches(job: _Job):
-    """Gathered calls for the job's single-row pieces: (width, row tiles, first key tiles), rows unique per call."""
-    by_width: dict[int, list[list[tuple[int, int]]]] = {}
+    """Gathered calls for the job's single-row pieces: a row's pieces are joined into one list of key tiles, and
+    rows with as many key tiles run in one call (few, long calls). Yields (row tiles (P,), key tiles (P, count))."""
+    by_row: dict[int, list[int]] = {}
     for r, c0, w in job.pieces.singles:
-        rounds = by_width.setdefault(w, [])
-        for batch in rounds:
-            if all(r != row for row, _ in batch):
-                batch.append((r, c0))
-                break
-        else:
-            rounds.append([(r, c0)])
-    for w, rounds in sorted(by_width.items()):
-        for batch in rounds:
-            rows, starts = zip(*batch)
-            yield w, torch.tensor(rows), torch.tensor(starts)
+        by_row.setdefault(r, []).extend(range(c0, c0 + w))
+    by_count: dict[int, list[tuple[int, list[int]]]] = {}
+    for r, cols in sorted(by_row.items()):
+        by_count.setdefault(len(cols), []).append((r, cols))
+    for _, items in sorted(by_count.items()):
+        yield torch.tensor([r for r, _ in items]), torch.tensor([cols for _, cols in items])
 
 
-def _gathered(x: torch.Tensor, index: torch.Tensor, width: int, bs: int) -> torch.Tensor:
-    """(H, P, width*bs, D) copy of x (H, N, D): the windows of ``width`` tiles starting at tiles ``index``."""
+def _gathered(x: torch.Tensor, index: torch.Tensor, bs: int) -> torch.Tensor:
+    """(H, P, count*bs, D) copy of x (H, N, D): row p holds the tiles ``index[p]`` (P, count), in order."""
     tiles = _tile_view(x, 0, x.shape[1] // bs, 1, bs)
-    picked = tiles[:, index.unsqueeze(1) + torch.arange(width)]  # (H, P, width, bs, D), only the picked tiles
-    return picked.reshape(x.shape[0], len(index), width * bs, x.shape[-1])
+    return tiles[:, index].reshape(x.shape[0], index.shape[0], index.shape[1] * bs, x.shape[-1])
+
+
+def _ordered_calls(job: _Job, bs: int, n: int) -> list[tuple]:
+    """The job's rectangle and strip calls, in order of their first query row (the accumulator rows they update
+    then stay in cache from one call to the next)."""
+    calls = [(q0, 0, ("rect", (q0, q1), kr)) for (q0, q1), kr in _rect_calls(job, bs, n)]
+    calls += [(r0 * bs, 1, ("strip", r0, t, c, w)) for r0, t, c, w in _strip_calls(job)]
+    return [call for _, _, call in sorted(calls, key=lambda x: (x[0], x[1]))]
 
 
 def _forward(query, key, value, jobs, bs: int, scale: float):
@@ -258,17 +274,22 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
         (b0, b1), (h0, h1) = job.batch, job.heads
         q, k, v = (x[b0:b1, h0:h1] for x in (query, key, value))
         acc, ref, wsum = (x[b0:b1, h0:h1] for x in (merger.acc, merger.ref, merger.weight))
-        for (qs, qe), (ks, ke) in _rect_calls(job, bs, n):
-            out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
-            merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
-        hh = h1 - h0
-        for b in range(b0, b1):
-            for r0, t, c, w in _strip_calls(job):
-                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
-                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
-                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
-                out, lse = _flash(qv, kv, vv, scale=scale)[:2]
-                rows = slice(r0 * bs, (r0 + t) * bs)
+        for call in _ordered_calls(job, bs, n):
+            if call[0] == "rect":
+                (qs, qe), (ks, ke) = call[1:]
+                out, lse = _flash(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], scale=scale)[:2]
+                merger.merge(acc[:, :, qs:qe], ref[:, :, qs:qe], wsum[:, :, qs:qe], out, lse)
+                continue
+            r0, t, c, w = call[1:]
+            rows = slice(r0 * bs, (r0 + t) * bs)
+            hh = h1 - h0
+            for b in range(b0, b1):
+                out, lse = _flash(
+                    _tile_view(query[b, h0:h1], r0, t, 1, bs),
+                    _tile_view(key[b, h0:h1], r0 + c, t, w, bs),
+                    _tile_view(value[b, h0:h1], r0 + c, t, w, bs),
+                    scale=scale,
+                )[:2]
                 merger.merge(
                     merger.acc[b, h0:h1, rows].view(hh, t, bs, dim),
                     merger.ref[b, h0:h1, rows].view(hh, t, bs),
@@ -276,13 +297,15 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
                     out,
                     lse,
                 )
+        hh = h1 - h0
+        for b in range(b0, b1):
             whole = n // bs
             acc_t = merger.acc[b, h0:h1, : whole * bs].view(hh, whole, bs, dim)
             ref_t = merger.ref[b, h0:h1, : whole * bs].view(hh, whole, bs)
             wsum_t = merger.weight[b, h0:h1, : whole * bs].view(hh, whole, bs)
-            for w, rows, starts in _single_batches(job):
-                qg = _gathered(query[b, h0:h1], rows, 1, bs)
-                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+            for rows, cols in _single_batches(job):
+                qg = _gathered(query[b, h0:h1], rows.unsqueeze(1), bs)
+                kg, vg = (_gathered(x[b, h0:h1], cols, bs) for x in (key, value))
                 out, lse = _flash(qg, kg, vg, scale=scale)[:2]
                 acc_g, ref_g, wsum_g = acc_t[:, rows], ref_t[:, rows], wsum_t[:, rows]
                 merger.merge(acc_g, ref_g, wsum_g, out, lse)
@@ -293,10 +316,70 @@ def _forward(query, key, value, jobs, bs: int, scale: float):
 # ----------------------------------------------------------------------------------------------- backward
 
 
+def _windows(x: torch.Tensor, start_tile: int, count: int, width: int, step: int, bs: int) -> torch.Tensor:
+    """(H, count, width*bs[, D]) view of x (H, N[, D]): window i holds tiles [start + i*step, start + i*step + width)."""
+    sh, sn = x.stride()[:2]
+    shape, strides = (x.shape[0], count, width * bs), (sh, step * bs * sn, sn)
+    if x.dim() == 3:
+        shape, strides = shape + (x.shape[2],), strides + (x.stride(2),)
+    return x.as_strided(shape, strides, x.storage_offset() + start_tile * bs * sn)
+
+
+def _pair_mask(width: int, bs: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask of a query-tile pair against its ``width + 1`` key tiles: query tile i sees key tiles
+    [i, i + width)."""
+    mask = torch.zeros(2 * bs, (width + 1) * bs, dtype=dtype)
+    mask[:bs, width * bs :] = float("-inf")
+    mask[bs:, :bs] = float("-inf")
+    return mask
+
+
+def _strip_backward(tensors, r0: int, t: int, c: int, w: int, bs: int, scale: float, masks: dict, paired: bool) -> None:
+    """Gradients of one strip chunk (query tiles r0..r0+t, key tiles r + c .. r + c + w), added into dq/dk/dv.
+
+    Reduced precision runs pairs of query tiles against their w + 1 key tiles with a band mask: the fused
+    backward's 256-query regime does more useful work per second there than the 128-query one, despite the
+    masked tile (measured 108-111 vs 77-91 GFLOP/s bf16 at w = 3, 59 vs 35-48 at w = 2, one thread). In f32
+    the masked tile costs more than it saves, so each tile runs alone, one head per call (contiguous outputs).
+    """
+    query, key, value, grad_out, out, lse, dq, dk, dv = tensors
+    pairs = t // 2 if paired else 0
+    if pairs:
+        mask = masks.get(w)
+        if mask is None:
+            mask = masks[w] = _pair_mask(w, bs, query.dtype)
+        g_, q_, o_, l_ = (_windows(x, r0, pairs, 2, 2, bs) for x in (grad_out, query, out, lse))
+        k_, v_ = (_windows(x, r0 + c, pairs, w + 1, 2, bs) for x in (key, value))
+        gq, gk, gv = _flash_backward(g_, q_, k_, v_, o_, l_, 0.0, False, attn_mask=mask, scale=scale)
+        _windows(dq, r0, pairs, 2, 2, bs).add_(gq)
+        for o in range(w + 1):
+            cols = slice(o * bs, (o + 1) * bs)
+            _windows(dk, r0 + c + o, pairs, 1, 2, bs).add_(gk[:, :, cols])
+            _windows(dv, r0 + c + o, pairs, 1, 2, bs).add_(gv[:, :, cols])
+        r0, t = r0 + 2 * pairs, t - 2 * pairs
+        if t == 0:
+            return
+    # One head per call in f32; a reduced-precision leftover tile runs with its heads together (one call).
+    for one in [slice(None)] if paired else [slice(h, h + 1) for h in range(query.shape[0])]:
+        g_, q_, o_, l_ = (_windows(x[one], r0, t, 1, 1, bs).transpose(0, 1) for x in (grad_out, query, out, lse))
+        k_, v_ = (_windows(x[one], r0 + c, t, w, 1, bs).transpose(0, 1) for x in (key, value))
+        gq, gk, gv = _flash_backward(g_, q_, k_, v_, o_, l_, 0.0, False, scale=scale)
+        _windows(dq[one], r0, t, 1, 1, bs).transpose(0, 1).add_(gq)
+        for o in range(w):
+            cols = slice(o * bs, (o + 1) * bs)
+            _windows(dk[one], r0 + c + o, t, 1, 1, bs).transpose(0, 1).add_(gk[:, :, cols])
+            _windows(dv[one], r0 + c + o, t, 1, 1, bs).transpose(0, 1).add_(gv[:, :, cols])
+
+
 def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
-    dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=_accumulate_dtype(query.dtype), device=query.device) for _ in range(3))
+    # Reduced precision sums the pieces' gradients in its own dtype, as the fused kernel (and dense SDPA's backward)
+    # sums its query blocks: f32 sums cost a widening copy per piece (~8 % of the bf16 backward) for no accuracy
+    # dense SDPA has (the bf16 gradient test compares both errors against an f32 reference).
+    grad_dtype = query.dtype if query.dtype in (torch.bfloat16, torch.float16) else _accumulate_dtype(query.dtype)
+    dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=grad_dtype, device=query.device) for _ in range(3))
     grad_out = grad_out.to(query.dtype)
+    masks: dict[int, torch.Tensor] = {}  # pair masks by strip width, for this call only
     for job in jobs:
         (b0, b1), (h0, h1) = job.batch, job.heads
         sel = (slice(b0, b1), slice(h0, h1))
@@ -310,32 +393,21 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
             dv[sel][:, :, ks:ke] += gv
         for b in range(b0, b1):
             hh = h1 - h0
-            for r0, t, c, w in _strip_calls(job):
-                r1 = r0 + t
-                qv = _tile_view(query[b, h0:h1], r0, t, 1, bs)
-                kv = _tile_view(key[b, h0:h1], r0 + c, t, w, bs)
-                vv = _tile_view(value[b, h0:h1], r0 + c, t, w, bs)
-                gv_ = _tile_view(grad_out[b, h0:h1], r0, t, 1, bs)
-                ov = _tile_view(out[b, h0:h1], r0, t, 1, bs)
-                lv = lse[b, h0:h1, r0 * bs : r1 * bs].reshape(hh, t, bs)
-                gq, gk, gvv = _flash_backward(gv_, qv, kv, vv, ov, lv, 0.0, False, scale=scale)
-                dq[b, h0:h1, r0 * bs : r1 * bs] += gq.reshape(hh, t * bs, dim)
-                gk = gk.view(hh, t, w, bs, dim)
-                gvv = gvv.view(hh, t, w, bs, dim)
-                for o_ in range(w):
-                    first = (r0 + c + o_) * bs
-                    dk[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gk[:, :, o_])
-                    dv[b, h0:h1, first : first + t * bs].view(hh, t, bs, dim).add_(gvv[:, :, o_])
+            tensors = tuple(x[b, h0:h1] for x in (query, key, value, grad_out, out, lse, dq, dk, dv))
+            paired = query.dtype in (torch.bfloat16, torch.float16)
+            for r0, t, c, w in _strip_pair_calls(job) if paired else _strip_calls(job):
+                _strip_backward(tensors, r0, t, c, w, bs, scale, masks, paired)
             whole = n // bs
             dq_t, dk_t, dv_t = (x[b, h0:h1, : whole * bs].view(hh, whole, bs, dim) for x in (dq, dk, dv))
-            for w, rows, starts in _single_batches(job):
-                qg, gg, og = (_gathered(x[b, h0:h1], rows, 1, bs) for x in (query, grad_out, out))
-                kg, vg = (_gathered(x[b, h0:h1], starts, w, bs) for x in (key, value))
+            for rows, cols in _single_batches(job):
+                qg, gg, og = (_gathered(x[b, h0:h1], rows.unsqueeze(1), bs) for x in (query, grad_out, out))
+                kg, vg = (_gathered(x[b, h0:h1], cols, bs) for x in (key, value))
                 lg = lse[b, h0:h1, : whole * bs].view(hh, whole, bs)[:, rows]
                 gq, gk, gvv = _flash_backward(gg, qg, kg, vg, og, lg, 0.0, False, scale=scale)
                 dq_t.index_add_(1, rows, gq.to(dq.dtype))
-                gk, gvv = gk.to(dq.dtype).view(hh, -1, w, bs, dim), gvv.to(dq.dtype).view(hh, -1, w, bs, dim)
-                for o_ in range(w):
-                    dk_t.index_add_(1, starts + o_, gk[:, :, o_])
-                    dv_t.index_add_(1, starts + o_, gvv[:, :, o_])
+                shape = (hh, len(rows), cols.shape[1], bs, dim)
+                gk, gvv = gk.to(dq.dtype).reshape(shape), gvv.to(dq.dtype).reshape(shape)
+                for o_ in range(cols.shape[1]):  # index_add_ sums repeated key tiles
+                    dk_t.index_add_(1, cols[:, o_], gk[:, :, o_])
+                    dv_t.index_add_(1, cols[:, o_], gvv[:, :, o_])
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
