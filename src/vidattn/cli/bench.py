@@ -124,31 +124,35 @@ def cmd_bench(args) -> None:
     calls = (1 + len(backends)) * (1 + args.repeats)
     bar = tqdm(total=calls, desc=f"bench {args.method}", unit="call", mininterval=1.0)
 
-    def timed(fn) -> float:
-        """Best of ``repeats`` calls after a warm-up (FlexAttention compiles on its first call)."""
-        best = math.inf
-        for i in range(1 + args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            best = seconds if i and seconds < best else best
-            bar.update(1)
-            if bar.n == 1 and seconds > 2:
+    def once(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        bar.update(1)
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        calls_of = {"dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
+        procs = {}
+        for backend in backends:
+            procs[backend] = proc = make_processor(args.method, layout=layout, backend=backend, **params)
+            calls_of[backend] = lambda proc=proc: proc.attend(q, k, v, layout, None, args.family)
+        # One warm-up call each (FlexAttention compiles on its first call), then rounds that run dense and every
+        # backend in turn: a machine that slows down mid-run slows every row alike, and each row keeps its best.
+        for name, fn in calls_of.items():
+            seconds = once(fn)
+            if name == "dense" and seconds > 2:
                 bar.write(f"bench: one dense call takes {format_seconds(seconds)}; {calls - 1} more calls follow "
                           f"(sparse ones are usually faster on a GPU, and can be much slower on a CPU)", file=sys.stderr)
-        return best
-
-    rows = []
-    with torch.no_grad():
-        dense = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
-        for backend in backends:
-            proc = make_processor(args.method, layout=layout, backend=backend, **params)
-            seconds = timed(lambda: proc.attend(q, k, v, layout, None, args.family))
-            rows.append((backend, seconds, proc.density(q, k, layout, args.family)))
+        best = dict.fromkeys(calls_of, math.inf)
+        for _ in range(args.repeats):
+            for name, fn in calls_of.items():
+                best[name] = min(best[name], once(fn))
+        dense = best["dense"]
+        rows = [(backend, best[backend], procs[backend].density(q, k, layout, args.family)) for backend in backends]
     bar.close()
     print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}")
     print(f"{'method':<10}{'backend':<9}{'time (ms)':>11}{'dense/x':>9}{'density':>9}")
