@@ -140,6 +140,31 @@ def test_threshold_rule_matches_naive_loop(domain, threshold):
         assert sel.all()
 
 
+@pytest.mark.parametrize("threshold", [0.05, 0.25, 0.6])
+def test_threshold_rule_partial_sort_matches_naive_loop(monkeypatch, threshold):
+    """The top-k shortcut (here 4 or 8 of 30 blocks) and its full-sort fallback give the naive loop's selection, also with
+    tied gate values (rounded to quarters) at and around the cut."""
+    from vidattn.patterns import vmoba
+
+    monkeypatch.setattr(vmoba, "_PARTIAL_SORT", 4)
+    g = torch.Generator().manual_seed(5)
+    gate = (torch.randn(2, 2, 16, 30, generator=g) * 4).round() / 4
+    own = torch.randint(0, 30, (16,), generator=g)
+    sel = select_blocks(gate, own, "threshold", "query_head", threshold)
+    for b in range(2):
+        for h in range(2):
+            assert sel[b, h].tolist() == naive_threshold(gate[b, h].double().tolist(), own.tolist(), threshold, "query_head")
+    # A plateau of 100 equal scores that the cut splits (7th entry, inside the partial sort of 8, tied with the 8th):
+    # the stable order keeps the lowest block ids; a top-k is arbitrary among ties (on this CPU it is, at this size).
+    plateau = torch.zeros(1, 1, 4, 200)
+    plateau[..., 50:150] = 1.0
+    own = torch.tensor([0, 1, 2, 199])
+    monkeypatch.setattr(vmoba, "_PARTIAL_SORT", 8)
+    sel = select_blocks(plateau, own, "threshold", "query_head", 0.065)
+    expected = naive_threshold(plateau[0, 0].double().tolist(), own.tolist(), 0.065, "query_head")
+    assert sel[0, 0].tolist() == expected and sum(expected[0]) == 8  # own block + the 7 lowest plateau ids
+
+
 def test_topk_selection():
     g = torch.Generator().manual_seed(3)
     gate = torch.randn(1, 2, 9, 5, generator=g)
