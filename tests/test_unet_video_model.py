@@ -76,6 +76,26 @@ def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
     assert log.count("stage vae") == 2 and not list((tmp_path / "work").glob(".*.tmp"))
 
 
+def test_a_bad_training_checkpoint_is_named_before_training(tmp_path):
+    """A truncated checkpoint or one with non-finite weights stops the stage with the file's name (the resume path
+    reads it through the same loader), instead of training on from it."""
+    from vidattn.pipelines.default_model_pretrain import _load_state, _resume, _save_state
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    good = tmp_path / "good.pt"
+    _save_state(good, {"model": model.state_dict(), "opt": opt.state_dict(), "step": 3})
+    assert _resume(good, torch.nn.Linear(2, 2), torch.optim.AdamW(model.parameters())) == 3
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(RuntimeError, match="truncated.pt does not load"):
+        _resume(truncated, model, opt)
+    broken = tmp_path / "nan.pt"
+    _save_state(broken, {"model": {"weight": torch.tensor([1.0, float("nan")])}, "opt": opt.state_dict(), "step": 1})
+    with pytest.raises(RuntimeError, match=r"nan.pt has non-finite model weights \(weight\)"):
+        _load_state(broken)
+
+
 # -- the temporal-consistency metric ------------------------------------------------------------------------
 def _naive_shift(frame, dx, dy, fill):
     out = np.empty_like(frame)

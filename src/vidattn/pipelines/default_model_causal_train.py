@@ -31,7 +31,7 @@ from ..latents import latent_stats, normalise_latents
 from ..processors.streaming import StreamingConfig
 from ..schedulers.few_step import FewStepSchedule
 from .default_model import load_default_pipeline
-from .default_model_pretrain import _log, _save_state, padding_biases, run_stages, start_stages, to_pixels
+from .default_model_pretrain import _load_state, _log, _resume, _save_state, padding_biases, run_stages, start_stages, to_pixels
 from .stream_state import StreamState, apply_streaming_attention, remove_streaming_attention
 
 STAGES = ("latents", "transformer", "export")
@@ -222,13 +222,8 @@ def train_transformer(cfg: CausalConfig, work: Path) -> None:
         bias.requires_grad_(False)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.01)
-    state_path, step = work / "transformer_state.pt", 0
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        transformer.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["opt"])
-        step = saved["step"]
+    state_path = work / "transformer_state.pt"
+    step = _resume(state_path, transformer, opt, ema)
     schedule = cfg.schedule()
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     while step < cfg.steps:
@@ -263,7 +258,7 @@ def export(cfg: CausalConfig, work: Path, out: Path, use_ema: bool = True) -> No
     """The fine-tuned transformer alone (config.json + safetensors) and ``causal.json`` (how it was trained)."""
     pipe = load_default_pipeline()
     transformer = pipe.transformer
-    saved = torch.load(work / "transformer_state.pt", weights_only=False)
+    saved = _load_state(work / "transformer_state.pt")
     transformer.load_state_dict(saved["ema" if use_ema else "model"])
     save_pretrained_atomic(transformer, out)
     info = {"step": saved["step"], "ema": use_ema, **dataclasses.asdict(cfg)}

@@ -209,6 +209,32 @@ def _save_state(path: Path, state: dict) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def _load_state(path: Path) -> dict:
+    """A checkpoint written by :func:`_save_state` (this project's own work folder: optimizer states hold numpy
+    scalars, so not tensors-only), checked: a file that does not load, or whose weights are not finite, is named."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:
+        raise RuntimeError(f"training checkpoint {path} does not load ({type(exc).__name__}: {exc}); delete it to restart that stage") from exc
+    for part in ("model", "ema"):
+        bad = [name for name, t in state.get(part, {}).items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise RuntimeError(f"training checkpoint {path} has non-finite {part} weights ({', '.join(bad[:3])}); delete it to restart that stage")
+    return state
+
+
+def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, ema: torch.nn.Module | None = None) -> int:
+    """Model, EMA and optimizer from the checkpoint at ``path`` if there is one; the step to continue from (0: none)."""
+    if not path.exists():
+        return 0
+    state = _load_state(path)
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    return state["step"]
+
+
 # -- stage 1: VAE ----------------------------------------------------------------------------------------
 def latent_hint(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
     """(B, 4, F', H/8, W/8): mean RGB and shape coverage per latent cell (frame 0 alone, then groups of 4).
@@ -237,18 +263,14 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False, init:
     vae = build_vae(cfg)
     total, base_lr = (v.decoder_steps, v.decoder_learning_rate) if decoder_only else (v.steps, v.learning_rate)
     if decoder_only:
-        start = load_file(str(init / "diffusion_pytorch_model.safetensors")) if init else torch.load(work / "vae_state.pt", weights_only=False)["model"]
+        start = load_file(str(init / "diffusion_pytorch_model.safetensors")) if init else _load_state(work / "vae_state.pt")["model"]
         vae.load_state_dict(start)
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)
     teacher = copy.deepcopy(vae).eval().requires_grad_(False) if decoder_only and v.decoder_anchor_weight else None
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
-    state_path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    state_path = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt")
+    step = _resume(state_path, vae, opt)
     sizes = (v.decoder_sizes or [cfg.height]) if decoder_only else [cfg.height]
     datasets = {size: _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1), scale=size // cfg.height) for size in sizes}
     # The causal VAE decodes chunk by chunk through a cache: clips of 9 frames never train the third chunk onwards,
@@ -313,7 +335,7 @@ def train_vae(cfg: PretrainConfig, work: Path, decoder_only: bool = False, init:
 def encode_latents(cfg: PretrainConfig, work: Path) -> None:
     """Encode ``num_videos`` dataset videos (posterior mode), store per-channel stats and normalised latents."""
     vae = build_vae(cfg)
-    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    vae.load_state_dict(_load_state(work / "vae_state.pt")["model"])
     vae.eval()
     data = _dataset(cfg, cfg.transformer.num_videos, cfg.seed + 2, position_jitter=cfg.transformer.position_jitter)
     latents, captions = [], []
@@ -355,13 +377,8 @@ def train_transformer(cfg: PretrainConfig, work: Path) -> None:
         bias.requires_grad_(False)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.01)
-    state_path, step = work / "transformer_state.pt", 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        transformer.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    state_path = work / "transformer_state.pt"
+    step = _resume(state_path, transformer, opt, ema)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     transformer.train()
     warmup = t.warmup
@@ -396,9 +413,9 @@ def assemble(cfg: PretrainConfig, work: Path, out: Path, use_ema: bool = True) -
     meta = json.loads((work / "latents.json").read_text())
     vae = build_vae(cfg, meta["latents_mean"], meta["latents_std"])
     decoder_path = work / "vae_decoder_state.pt"  # the decoder stage keeps the encoder the latents came from
-    vae.load_state_dict(torch.load(decoder_path if decoder_path.exists() else work / "vae_state.pt", weights_only=False)["model"])
+    vae.load_state_dict(_load_state(decoder_path if decoder_path.exists() else work / "vae_state.pt")["model"])
     transformer = build_transformer(cfg)
-    state = torch.load(work / "transformer_state.pt", weights_only=False)
+    state = _load_state(work / "transformer_state.pt")
     transformer.load_state_dict(state["ema" if use_ema else "model"])
     text = _text_pipeline(cfg)
     pipe = WanPipeline(tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=vae.eval(), transformer=transformer.eval(),
@@ -412,7 +429,7 @@ def write_vae(cfg: PretrainConfig, work: Path, out: Path, init: Path) -> None:
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(init)))  # from_config: no _name_or_path
-    state = torch.load(work / "vae_decoder_state.pt", weights_only=False)
+    state = _load_state(work / "vae_decoder_state.pt")
     vae.load_state_dict(state["model"])
     target = out / "vae"
     save_pretrained_atomic(vae.eval(), target)

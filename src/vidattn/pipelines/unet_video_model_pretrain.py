@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import replace_synced, save_pretrained_folder_atomic, write_text_atomic
 from ..data.shapes import ShapesDataset
 from .broadway import build_tokenizer
-from .default_model_pretrain import _log, _save_state, run_stages, start_stages  # same log format and file (work/log.txt)
+from .default_model_pretrain import _load_state, _log, _resume, _save_state, run_stages, start_stages  # same log format and file (work/log.txt)
 from .unet_video_model import TEXT_TOKENS, build_text_encoder, build_unet, build_vae, sampling_scheduler, training_scheduler
 
 STAGES = ("vae", "latents", "unet", "decoder", "assemble")
@@ -107,10 +107,6 @@ def load_config(path: str | Path | None) -> UNetModelConfig:
     return _build(UNetModelConfig, yaml.safe_load(Path(path).read_text()) or {}, str(path))
 
 
-def _load_state(path: Path) -> dict | None:
-    return torch.load(path, weights_only=False) if path.exists() else None
-
-
 def _dataset(cfg: UNetModelConfig, num: int, seed: int, position_jitter: float = 1.0) -> ShapesDataset:
     return ShapesDataset(num, frames=cfg.frames, height=cfg.height, width=cfg.width, seed=seed, colors=tuple(cfg.colors),
                          position_jitter=position_jitter)
@@ -161,15 +157,12 @@ def train_vae(cfg: UNetModelConfig, work: Path, decoder_only: bool = False) -> N
     vae = _vae(cfg)
     total, base_lr = (v.decoder_steps, v.decoder_learning_rate) if decoder_only else (v.steps, v.learning_rate)
     if decoder_only:
-        vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+        vae.load_state_dict(_load_state(work / "vae_state.pt")["model"])
         for module in (vae.encoder, vae.quant_conv):
             module.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=base_lr, weight_decay=0.0)
-    path, step = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt"), 0
-    if (state := _load_state(path)) is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    path = work / ("vae_decoder_state.pt" if decoder_only else "vae_state.pt")
+    step = _resume(path, vae, opt)
     data = _dataset(cfg, 10**6, cfg.seed + (3 if decoder_only else 1))
     rng = np.random.default_rng([cfg.seed, 3 if decoder_only else 1, step])
     factor = 2 ** (len(v.block_out_channels) - 1)
@@ -204,7 +197,7 @@ def train_vae(cfg: UNetModelConfig, work: Path, decoder_only: bool = False) -> N
 def encode_latents(cfg: UNetModelConfig, work: Path) -> None:
     """Encode ``num_videos`` dataset videos frame by frame (posterior mode); scale them to unit std."""
     vae = _vae(cfg)
-    vae.load_state_dict(torch.load(work / "vae_state.pt", weights_only=False)["model"])
+    vae.load_state_dict(_load_state(work / "vae_state.pt")["model"])
     vae.eval()
     data = _dataset(cfg, cfg.unet.num_videos, cfg.seed + 2, position_jitter=cfg.unet.position_jitter)
     latents, captions = [], []
@@ -243,12 +236,8 @@ def train_unet(cfg: UNetModelConfig, work: Path) -> None:
     unet = _unet(cfg)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=u.learning_rate, weight_decay=0.01)
-    path, step = work / "unet_state.pt", 0
-    if (state := _load_state(path)) is not None:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    path = work / "unet_state.pt"
+    step = _resume(path, unet, opt, ema)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     frames = z.shape[2]
     unet.train()
@@ -287,9 +276,9 @@ def assemble(cfg: UNetModelConfig, work: Path, out: Path, use_ema: bool = True) 
     meta = json.loads((work / "latents.json").read_text())
     vae = _vae(cfg, meta["scaling_factor"])
     decoder_path = work / "vae_decoder_state.pt"  # the decoder stage keeps the encoder the latents came from
-    vae.load_state_dict(torch.load(decoder_path if decoder_path.exists() else work / "vae_state.pt", weights_only=False)["model"])
+    vae.load_state_dict(_load_state(decoder_path if decoder_path.exists() else work / "vae_state.pt")["model"])
     unet = _unet(cfg)
-    state = torch.load(work / "unet_state.pt", weights_only=False)
+    state = _load_state(work / "unet_state.pt")
     unet.load_state_dict(state["ema" if use_ema else "model"])
     pipe = AnimateDiffPipeline(vae=vae.eval(), text_encoder=_text_encoder(cfg), tokenizer=build_tokenizer(TEXT_TOKENS),
                                unet=unet.eval(), motion_adapter=None, scheduler=sampling_scheduler())
