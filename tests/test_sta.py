@@ -103,6 +103,26 @@ def test_sta_attention_equals_masked_sdpa(backend, case):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_padding_rows_are_last_in_a_tile_and_skipped_by_flex_exactly():
+    """Ragged edge tiles put their padding last, and the CPU flex kernel then runs 32-row query blocks that skip
+    padding-only rows; the answer still equals SDPA with the naive STA mask (text, key mask, 64-token blocks)."""
+    layout, tile, sizes = VideoLayout(3, 10, 12, text=5), (1, 8, 8), (3, 1, 2)
+    wplan = window_plan(layout, WindowPattern(window_extents(size=sizes), block_size=64, tile=tile, tile_aligned=True))
+    real = (wplan.order < layout.total_tokens)[: 12 * 64].view(12, 64)  # 3 x 2 x 2 tiles of 64 positions
+    assert torch.equal(real, torch.sort(real.to(torch.int8), dim=1, descending=True).values.bool())  # real first
+    assert flex_block_mask(wplan.plan, None, "cpu").BLOCK_SIZE[0] == 32
+    n = layout.total_tokens
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, n, 16, generator=g) for _ in range(3))
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, :3] = False
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_sta_mask(layout, tile, sizes) & key_valid.view(2, 1, 1, n))
+    torch.testing.assert_close(window_attention(q, k, v, wplan, key_valid, backend="flex"), expected, atol=1e-5, rtol=1e-5)
+    # Without padding there is nothing to skip: the plan's own 64-row blocks.
+    whole = window_plan(VideoLayout(3, 8, 16), WindowPattern(window_extents(size=sizes), block_size=64, tile=tile, tile_aligned=True))
+    assert flex_block_mask(whole.plan, None, "cpu").BLOCK_SIZE[0] == 64
+
+
 def test_config_tile_aligned():
     config = WindowConfig(tile_aligned=True, size=(3, 1, 2), block_size=16, scale_factor=1.0, backend="gather")
     assert config.candidate_tiles() == [(1, 4, 4)]  # "auto": the one-frame brick of block_size tokens

@@ -92,6 +92,24 @@ def combined_mask_mod(allowed: torch.Tensor, block_size: int, n: torch.Tensor, t
     return mask_mod
 
 
+# On the CPU, query blocks of this many rows cost ~10 % more per tile than 128-row ones but let the kernel skip rows
+# that hold only padding (STA's ragged edge tiles put their padding last): used when that drops >= 15 % of the work.
+QUERY_SUBBLOCK = 32
+SUBBLOCK_MIN_SAVING = 0.15
+
+
+def padding_free_rows(tiles: torch.Tensor, real: torch.Tensor, block_size: int, device: torch.device) -> torch.Tensor | None:
+    """(Qb * r,) bool: which ``QUERY_SUBBLOCK``-row query blocks hold a real token, when splitting ``block_size``-row
+    blocks into them pays on this device (see SUBBLOCK_MIN_SAVING); else None. ``real`` is the padded (Qb * bs,) mask."""
+    if device.type != "cpu" or block_size <= QUERY_SUBBLOCK or block_size % QUERY_SUBBLOCK:
+        return None
+    split = block_size // QUERY_SUBBLOCK
+    rows = real.view(-1, split, QUERY_SUBBLOCK).any(-1)
+    kept = tiles.sum(-1, dtype=torch.float64).sum((0, 1))  # kept key tiles per query block
+    work = (kept.unsqueeze(-1) * rows).sum() / (kept.sum() * split).clamp(min=1)
+    return rows.view(-1) if work <= 1 - SUBBLOCK_MIN_SAVING else None
+
+
 def sorted_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(count, indices) of the True entries along the last axis, indices first and ascending."""
     counts = selected.sum(-1, dtype=torch.int32)
@@ -105,6 +123,7 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
 
     Full tiles are the plan's full tiles minus key tiles holding padding or masked keys (those need the mask_mod).
     The token mask sees b = ``batch`` for a plan with per-batch tiles, else b = 0 (its b indexes the plan's batch).
+    On the CPU, query rows of padding tokens (``plan.real_keys`` False) may be skipped: their outputs are zeros.
     """
     device = torch.device(device)
     per_element = key_valid is not None or plan.tiles.shape[0] > 1
@@ -126,8 +145,6 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     extra = padded_blocks - blocks
     tiles, full = (F.pad(t, (0, extra, 0, extra), value=False) for t in (tiles, full))
     full = full & valid.view(padded_blocks, bs).all(-1)
-    kv_num, kv_idx = sorted_indices(tiles & ~full)
-    full_num, full_idx = sorted_indices(full)
     token_mask = plan_dev.token_mask
     if token_mask is not None and plan.tiles.shape[0] > 1:
         token_mask = _shift_batch(token_mask, batch, device)
@@ -136,12 +153,21 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
         mask_mod = combined_mask_mod(tiles[0, 0].repeat_interleave(bs, dim=1) & valid, bs, n_t, token_mask)
     else:
         mask_mod = plan_mask_mod(tiles, bs, n_t, valid, token_mask)
+    q_bs = bs
+    if plan_dev.real_keys is not None:  # query rows of padding tokens are never read: skip them where it pays
+        rows = padding_free_rows(tiles, F.pad(plan_dev.real_keys, (0, padded - n), value=False), bs, device)
+        if rows is not None:
+            q_bs = QUERY_SUBBLOCK
+            tiles = tiles.repeat_interleave(bs // q_bs, dim=2) & rows.view(-1, 1)
+            full = full.repeat_interleave(bs // q_bs, dim=2) & tiles
+    kv_num, kv_idx = sorted_indices(tiles & ~full)
+    full_num, full_idx = sorted_indices(full)
     # The query-major lists straight from the tiles (what from_kv_blocks derives with vmap, which fails inside a
     # custom op's body: "Cannot access storage of BatchedTensorImpl"; the same sorted lists either way).
     q_num, q_idx = sorted_indices((tiles & ~full).transpose(-1, -2))
     full_q_num, full_q_idx = sorted_indices(full.transpose(-1, -2))
     block_mask = BlockMask(
-        (padded, padded), kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, BLOCK_SIZE=(bs, bs), mask_mod=mask_mod
+        (padded, padded), kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, BLOCK_SIZE=(q_bs, bs), mask_mod=mask_mod
     )
     if not per_element:
         plan.memo[memo_key] = block_mask

@@ -21,7 +21,8 @@ class BlockPlan:
     ``token_mask`` there. ``token_mask`` refines the remaining tiles at token level. Keys past ``seq_len``
     (padding to the block size) are always masked by the kernels, never zero-filled into the softmax.
     ``real_keys`` (optional bool ``(seq_len,)``) marks padding inside the sequence (False: never attended, e.g.
-    a 3D tile's padding); kernels fold it into their key mask, and tiles holding such keys are never full.
+    a 3D tile's padding); kernels fold it into their key mask, and tiles holding such keys are never full. Those
+    positions' query rows are not part of the result (the flex kernel may skip them: zeros).
     """
 
     tiles: torch.Tensor

@@ -331,10 +331,15 @@ def _inverse(order: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
 def sta_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device | str = "cpu") -> WindowPlan:
     """Sliding tile attention: tokens tile-major, each query tile keeps the window of tiles around it (slid inward
     at the borders with ``inward``, so exactly kt*kh*kw tiles), every token of a kept tile is allowed. Blocks lie
-    inside one tile, so kept blocks are full except where a ragged edge tile holds padding keys."""
+    inside one tile, so kept blocks are full except where a ragged edge tile holds padding keys. Inside a tile the
+    real tokens come first (the rule is the same for every token of a tile): padding ends up in whole trailing query
+    rows, which the flex kernel skips (see kernels/flex.py)."""
     device = torch.device(device)
     bs, tile = pattern.block_size, pattern.tile
     order, span = _kernel_order(layout, tile, bs, device, clamp=False)
+    by_tile = order[:span].view(-1, math.prod(tile))
+    padding_last = torch.sort((by_tile == layout.total_tokens).to(torch.int8), dim=1, stable=True).indices
+    order = torch.cat([torch.gather(by_tile, 1, padding_last).view(-1), order[span:]])
     n = order.numel()
     blocks = -(-n // bs)
     counts = [-(-length // t) for length, t in zip(layout.grid, tile)]
