@@ -48,6 +48,14 @@ def test_bench_prints_density_for_each_backend(capsys):
     assert all(0 < float(row[-1]) <= 1 for row in rows)
 
 
+def test_bench_backward_times_the_training_backends(capsys):
+    main(["bench", "--method", "radial", "--grid", "2x4x8", "--heads", "1", "--head-dim", "8", "--mode", "backward",
+          "--repeats", "1", "--param", "block_size=16"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(", backward")
+    assert [line.split()[1] for line in lines if line.startswith("radial")] == ["gather", "segments", "groups"]  # no flex on the CPU
+
+
 def test_params_parse_yaml_values_and_reject_bad_pairs():
     assert parse_params(["decay=0.2", "spatial_chunk=[4, 13]", "sink=false", "kind=3d"]) == {
         "decay": 0.2, "spatial_chunk": (4, 13), "sink": False, "kind": "3d"}
@@ -213,6 +221,7 @@ OTHER_ERRORS = [
     (["bench", "--backends", "flex,fast"], "--backends must be a comma-separated list of"),
     (["bench", "--grid", "0x4x4"], "--grid sizes must be >= 1"),
     (["bench", "--smooth", "2"], "--smooth must be a number in [0, 1]"),
+    (["bench", "--mode", "backward", "--backends", "flex,segments"], "--mode backward: FlexAttention has no backward on the CPU; use --backends auto,gather,segments,groups,dense"),
     (["bench", "--grid", "40x60x104", "--max-memory-gib", "0.5"], "bench --grid 40x60x104 (249,600 tokens) needs about 1.0 GiB (q/k/v/out 0.95 GiB, 1950x1950 tile plan 0.03 GiB)"),
     (["mask", "--grid", "200x200x200", "--out", "{tmp}/m.png"], "mask --grid 200x200x200 (8,000,000 tokens) needs about 29.1 GiB"),
     (["mask", "--method", "monarch", "--out", "{tmp}/m.png"], "--method monarch has no block mask to draw"),

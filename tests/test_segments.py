@@ -151,7 +151,7 @@ def test_token_mask_plans_are_refused():
 
 
 def test_auto_rule():
-    tiles = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    tiles = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()  # distinct rows: nothing for groups to share
     plain = BlockPlan(tiles, 8, 32)
     masked = BlockPlan(tiles, 8, 32, token_mask=lambda b, h, qi, ki: ki <= qi)
     q = torch.randn(1, 1, 32, 8, requires_grad=True)

@@ -57,6 +57,8 @@ def bench_memory(args, layout: VideoLayout, params: dict) -> tuple[float, str]:
     """Bytes `bench` needs at least (the tensors it must hold), and how that splits."""
     n, heads = layout.total_tokens, args.heads
     tensors = 4 * heads * n * args.head_dim * DTYPE_BYTES[args.dtype]  # q, k, v, output
+    if args.mode == "backward":
+        tensors *= 2  # their gradients
     block, qb = _blocks(args.method, params, n)
     plan = TILE_BYTES * qb * qb if args.method != "dense" else 0
     select = heads * n * qb * 5 if args.method == "vmoba" else 0  # per-query block scores (fp32) and selection
@@ -77,6 +79,8 @@ def check_bench(args) -> tuple[VideoLayout, dict]:
     bad = [b for b in backends if b not in allowed]
     if bad or not backends:
         raise UsageError(f"--backends must be a comma-separated list of {', '.join(allowed)} ({args.method}'s kernels), got {args.backends!r}")
+    if args.mode == "backward" and args.device == "cpu" and "flex" in backends:
+        raise UsageError(f"--mode backward: FlexAttention has no backward on the CPU; use --backends {','.join(b for b in allowed if b != 'flex')}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     try:
@@ -94,7 +98,8 @@ def _backends(args) -> list[str]:
     """``--backends``, or every backend of the method except the reference (``dense``) and ``auto``'s alias."""
     if args.backends:
         return [b.strip() for b in args.backends.split(",")]
-    return [b for b in get_method(args.method).config.backends if b not in ("auto", "dense")] or ["auto"]
+    skip = ("auto", "dense", "flex") if args.mode == "backward" and args.device == "cpu" else ("auto", "dense")
+    return [b for b in get_method(args.method).config.backends if b not in skip] or ["auto"]
 
 
 def _suite(args) -> None:
@@ -120,21 +125,30 @@ def cmd_bench(args) -> None:
     layout, params = check_bench(args)
     device = torch.device(args.device)
     backends = _backends(args)
-    q, k, v = (x.to(device, getattr(torch, args.dtype)) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth))
+    backward = args.mode == "backward"
+    q, k, v = (x.to(device, getattr(torch, args.dtype)).requires_grad_(backward) for x in synthetic_qkv(layout, args.heads, args.head_dim, args.smooth))
+    grad = torch.randn_like(q) if backward else None
     calls = (1 + len(backends)) * (1 + args.repeats)
-    bar = tqdm(total=calls, desc=f"bench {args.method}", unit="call", mininterval=1.0)
+    bar = tqdm(total=calls, desc=f"bench {args.method} {args.mode}", unit="call", mininterval=1.0)
 
     def once(fn) -> float:
+        """Seconds of one call, or of the backward pass of one (untimed) forward call."""
+        run = fn
+        if backward:
+            out = fn()
+            run = lambda: out.backward(grad)  # noqa: E731
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        fn()
+        run()
         if device.type == "cuda":
             torch.cuda.synchronize()
         bar.update(1)
+        for x in (q, k, v):
+            x.grad = None
         return time.perf_counter() - start
 
-    with torch.no_grad():
+    with torch.set_grad_enabled(backward):
         calls_of = {"dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         procs = {}
         for backend in backends:
@@ -152,9 +166,10 @@ def cmd_bench(args) -> None:
             for name, fn in calls_of.items():
                 best[name] = min(best[name], once(fn))
         dense = best["dense"]
+    with torch.no_grad():
         rows = [(backend, best[backend], procs[backend].density(q, k, layout, args.family)) for backend in backends]
     bar.close()
-    print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}")
+    print(f"grid {layout} ({layout.total_tokens} tokens), {args.heads} heads x {args.head_dim}, {args.dtype}, {device}, {args.mode}")
     print(f"{'method':<10}{'backend':<9}{'time (ms)':>11}{'dense/x':>9}{'density':>9}")
     print(f"{'sdpa':<10}{'dense':<9}{dense * 1e3:>11.1f}{1.0:>9.2f}{1.0:>9.3f}")
     for backend, seconds, density in rows:

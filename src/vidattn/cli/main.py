@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backends", default=None, help="comma-separated, e.g. flex,gather,dense (default: the method's kernels)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--mode", choices=["forward", "backward"], default="forward",
+                   help="time the forward call (inference) or the backward pass of one call (training; CPU: not flex)")
     p.add_argument("--smooth", type=float, default=0.0, help="share of a smooth spatio-temporal field in q/k/v (0 = iid noise)")
     p.add_argument("--max-memory-gib", type=float, default=16.0, help="refuse a run estimated to need more memory (GiB)")
     p.add_argument("--suite", choices=("cpu", "gpu"), default=None,

@@ -1,4 +1,5 @@
-"""Kernels: compute attention for a BlockPlan (FlexAttention, pure-PyTorch gather, CPU segments, dense SDPA reference).
+"""Kernels: compute attention for a BlockPlan (FlexAttention, pure-PyTorch gather, CPU segments and groups, dense SDPA
+reference).
 
 ``backend="auto"`` (``resolve_backend``), from measurements at radial 21x30x52, 2 heads x 128 (docs/benchmarks.md):
 * CPU, plan without a token mask, training (any dtype) or inference in f32 (any dtype but bf16) -> ``segments``. Two threads, load ~1.5:
@@ -11,6 +12,10 @@
   (kernels/range_select.py: fused SDPA per (head, range) on the gathered selecting queries, exact token density,
   forward and backward). One thread, CPU time, 1D at 21x30x52: forward bf16 4.61x dense SDPA (flex 0.66x), f32
   4.71x (flex 1.07x); backward bf16 3.68x, f32 4.96x; a training step at 21x15x26: 3.1-4.4x (gather 0.2x).
+* CPU, plan without a token mask whose query tiles share their key sets (>= GROUP_MIN_TILES tiles per distinct row:
+  sliding tile attention) -> ``groups`` (kernels/groups.py), inference and training. STA 3x3x3 at 21x30x52, two
+  threads: forward bf16 5.4x dense SDPA (flex 3.5x), f32 4.7-6.2x (flex 2.9x); backward bf16 4.9x, f32 8.1x
+  (segments 2.0x / 3.4x).
 * CPU, plan with a token mask (token-level windows) -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """

@@ -1,9 +1,11 @@
-"""Block-sparse attention for a BlockPlan with four interchangeable backends (and the name of a fifth).
+"""Block-sparse attention for a BlockPlan with five interchangeable backends (and the name of a sixth).
 
 * ``flex``   FlexAttention with a ``BlockMask`` built by ``from_kv_blocks`` (never an N x N evaluation; see flex.py).
 * ``gather`` differentiable pure PyTorch: gathers each query tile's key tiles; runs and trains anywhere.
 * ``segments`` CPU, plans without a token mask: fused SDPA on views of the plan's rectangles and diagonal strips,
   merged by log-sum-exp (kernels/segments.py); realises the sparsity forward and backward.
+* ``groups`` CPU, plans without a token mask whose query tiles share key sets (STA): one fused SDPA call per group
+  on gathered tokens, padding dropped (kernels/groups.py); forward and backward.
 * ``dense``  SDPA with the explicit token-level boolean mask: the exact reference.
 
 ``ranges`` (kernels/range_select.py) runs a per-query selection of contiguous key ranges, not a BlockPlan: the
@@ -19,9 +21,10 @@ import torch.nn.functional as F
 
 from ..patterns.plan import BlockPlan
 from .flex import flex_plan_attention, sorted_indices
+from .groups import GROUP_MIN_TILES, grouped_attention, tiles_per_group
 from .segments import segment_attention
 
-BACKENDS = ("auto", "flex", "gather", "segments", "dense")
+BACKENDS = ("auto", "flex", "gather", "segments", "groups", "dense")
 # Methods whose plan is a per-query choice of contiguous key ranges (VMoBA) can also run ``ranges``
 # (kernels/range_select.py, CPU only); ``segments`` never applies to them (their plans carry a token mask).
 RANGE_BACKENDS = ("auto", "flex", "gather", "dense", "ranges")
@@ -29,9 +32,10 @@ RANGE_BACKENDS = ("auto", "flex", "gather", "dense", "ranges")
 
 def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None, ranges: bool = False) -> str:
     """``auto``: on the CPU, ``ranges`` where the caller can run it (``ranges=True``: VMoBA; measured fastest for
-    inference and training), else ``segments`` for plans without a token mask (measured fastest for training and f32
-    inference; bf16 inference stays on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no
-    backward (CPU training) -> gather. Without ``plan`` a token mask is assumed possible."""
+    inference and training), else for plans without a token mask ``groups`` where query tiles share their key sets
+    (GROUP_MIN_TILES: STA), else ``segments`` (measured fastest for training and f32 inference; bf16 inference stays
+    on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no backward (CPU training) -> gather.
+    Without ``plan`` a token mask is assumed possible."""
     allowed = RANGE_BACKENDS if ranges else BACKENDS
     if backend not in allowed:
         raise ValueError(f"backend must be one of {allowed}, got {backend!r}")
@@ -42,11 +46,21 @@ def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = 
     if ranges and query.device.type == "cpu":
         return "ranges"
     training = torch.is_grad_enabled() and query.requires_grad
-    if query.device.type == "cpu" and plan is not None and plan.token_mask is None and (training or query.dtype != torch.bfloat16):
-        return "segments"
+    if query.device.type == "cpu" and plan is not None and plan.token_mask is None:
+        if _groups_pay(plan):
+            return "groups"
+        if training or query.dtype != torch.bfloat16:
+            return "segments"
     if query.device.type == "cpu" and training:
         return "gather"
     return "flex"
+
+
+def _groups_pay(plan: BlockPlan) -> bool:
+    """Whether the plan's query tiles share their key sets enough for ``groups`` (memoised on the plan)."""
+    if "groups_pay" not in plan.memo:
+        plan.memo["groups_pay"] = tiles_per_group(plan) >= GROUP_MIN_TILES
+    return plan.memo["groups_pay"]
 
 
 def block_sparse_attention(
@@ -71,6 +85,8 @@ def block_sparse_attention(
         return flex_plan_attention(query, key, value, plan, key_valid, scale)
     if backend == "segments":
         return segment_attention(query, key, value, plan, key_valid, scale)
+    if backend == "groups":
+        return grouped_attention(query, key, value, plan, key_valid, scale)
     if backend == "gather":
         return _gather(query, key, value, plan, key_valid, scale, gather_chunk)
     mask = dense_token_mask(plan, key_valid, query.device)

@@ -1,7 +1,8 @@
 """Block-sparse attention for a plan laid out in another token order: permute, run the kernel, put the output back.
 
 Window attention reorders tokens into 3D tiles (with padding positions), VMoBA into its partition's blocks (queries
-per head, by selection); both then need the same three steps, written once here.
+per head, by selection); both then need the same three steps, written once here. The ``groups`` backend gathers its
+groups in the plan's order itself, so it skips the permutation.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..patterns.plan import BlockPlan
-from .block_sparse import block_sparse_attention
+from .block_sparse import block_sparse_attention, resolve_backend
+from .groups import grouped_attention
 
 
 def block_sparse_attention_in_order(
@@ -33,6 +35,9 @@ def block_sparse_attention_in_order(
     ``order[query_order[b, h, p]]`` (keys keep ``order``). Returns (B, H, N, D) in the original order.
     """
     n = query.shape[-2]
+    if query_order is None and resolve_backend(backend, query, plan) == "groups":  # gathers in this order itself
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        return grouped_attention(query, key, value, plan, key_valid, scale, order=order)
     order = order.to(query.device)
     if padded:  # one extra zero token at index N stands for every padding position
         query, key, value = (F.pad(x, (0, 0, 0, 1)) for x in (query, key, value))
