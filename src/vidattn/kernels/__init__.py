@@ -14,8 +14,8 @@ reference).
   4.71x (flex 1.07x); backward bf16 3.68x, f32 4.96x; a training step at 21x15x26: 3.1-4.4x (gather 0.2x).
 * CPU, plan without a token mask whose query tiles share their key sets (>= GROUP_MIN_TILES tiles per distinct row:
   sliding tile attention) -> ``groups`` (kernels/groups.py), inference and training. STA 3x3x3 at 21x30x52, two
-  threads: forward bf16 5.4x dense SDPA (flex 3.5x), f32 4.7-6.2x (flex 2.9x); backward bf16 4.9x, f32 8.1x
-  (segments 2.0x / 3.4x).
+  threads: forward bf16 7.1x dense SDPA (flex 4.3x, segments 2.0x), f32 8.2x (flex 3.1x, segments 3.2x); backward
+  bf16 6.3x, f32 8.3x (segments 2.1x / 3.1x).
 * CPU, plan with a token mask (token-level windows) -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """

@@ -17,8 +17,8 @@ _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
 # ``auto`` takes ``groups`` when a group holds at least this many query tiles on average: the gathered key copies are
-# then shared by enough queries (STA 3x3x3 at 21x30x52 has 4.4 and runs 6.8x dense SDPA in bf16, flex 4.2x; radial
-# has ~1, a per-tile gather, which ran 0.4x dense).
+# then shared by enough queries (STA 3x3x3 at 21x30x52 has 4.4 and runs 7.1x dense SDPA in bf16, flex 4.3x; radial
+# has ~1, a per-tile gather, which ran 0.25x dense).
 GROUP_MIN_TILES = 3.0
 
 
