@@ -8,13 +8,13 @@ exact backward through the fused backward per group. Plans with a ``token_mask``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ..patterns.plan import BlockPlan
+from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
 # ``auto`` takes ``groups`` when a group holds at least this many query tiles on average: the gathered key copies are
 # then shared by enough queries (STA 3x3x3 at 21x30x52 has 4.4 and runs 7.1x dense SDPA in bf16, flex 4.3x; radial
@@ -86,9 +86,7 @@ def grouped_attention(
     if key_valid is not None and (key_valid.ndim != 2 or key_valid.shape[-1] != n or key_valid.shape[0] not in (1, batch)):
         raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(key_valid.shape)}")
     jobs = _jobs(plan, key_valid, batch, heads, n, None if order is None else order.cpu())
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        return _GroupedAttention.apply(query, key, value, jobs, scale)
-    return _forward(query, key, value, jobs, scale)[0]
+    return attention_with_lse(query, key, value, partial(_forward, jobs=jobs, scale=scale), partial(_backward, jobs=jobs, scale=scale))
 
 
 def _jobs(plan: BlockPlan, key_valid: torch.Tensor | None, batch: int, heads: int, n: int, order: torch.Tensor | None) -> list[tuple[slice, slice, list[TokenGroup]]]:
@@ -120,21 +118,6 @@ def _reordered(group: TokenGroup, order: torch.Tensor, n: int) -> TokenGroup:
 
 def _one(index: int | None) -> slice:
     return slice(None) if index is None else slice(index, index + 1)
-
-
-class _GroupedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, key, value, jobs, scale):
-        out, lse = _forward(query, key, value, jobs, scale)
-        ctx.save_for_backward(query, key, value, out, lse)
-        ctx.jobs, ctx.scale = jobs, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors
-        return (*_backward(grad_out, query, key, value, out, lse, ctx.jobs, ctx.scale), None, None)
 
 
 def _forward(query, key, value, jobs, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

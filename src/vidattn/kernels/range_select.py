@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
+
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -49,9 +50,7 @@ def range_select_attention(
     ranges = check_range_inputs(query, key, value, selected, ranges, key_valid)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     pieces = _pieces(selected, ranges, key_valid, query.shape[0], query.shape[1])
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        return _RangeSelectAttention.apply(query, key, value, pieces, scale)
-    return _forward(query, key, value, pieces, scale)[0]
+    return attention_with_lse(query, key, value, partial(_forward, pieces=pieces, scale=scale), partial(_backward, pieces=pieces, scale=scale))
 
 
 def range_select_reference(
@@ -173,21 +172,6 @@ def _pieces(selected: torch.Tensor, ranges: Ranges, key_valid: torch.Tensor | No
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """Merges and gradient sums run in f32, or f64 for f64 inputs."""
     return torch.promote_types(dtype, torch.float32)
-
-
-class _RangeSelectAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, key, value, pieces, scale):
-        out, lse = _forward(query, key, value, pieces, scale)
-        ctx.save_for_backward(query, key, value, out, lse)
-        ctx.pieces, ctx.scale = pieces, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors
-        return (*_backward(grad_out, query, key, value, out, lse, ctx.pieces, ctx.scale), None, None)
 
 
 def _forward(query, key, value, pieces, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

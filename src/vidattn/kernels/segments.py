@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from ..patterns.plan import BlockPlan
+from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
 from .segment_plan import SegmentPlan, segment_plan
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
 # Segment plans kept per BlockPlan (one per distinct tile matrix and key-validity pattern).
 _MEMO_LIMIT = 32
@@ -49,25 +49,8 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if query.shape[-2] == 0:
         return query.clone()
     jobs = _jobs(plan, key_valid, query.shape[0], query.shape[1])
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        return _SegmentAttention.apply(query, key, value, jobs, plan.block_size, scale)
-    return _forward(query, key, value, jobs, plan.block_size, scale)[0]
-
-
-class _SegmentAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, key, value, jobs, block, scale):
-        out, lse = _forward(query, key, value, jobs, block, scale)
-        ctx.save_for_backward(query, key, value, out, lse)
-        ctx.jobs, ctx.block, ctx.scale = jobs, block, scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors
-        grads = _backward(grad_out, query, key, value, out, lse, ctx.jobs, ctx.block, ctx.scale)
-        return (*grads, None, None, None)
+    settings = dict(jobs=jobs, bs=plan.block_size, scale=scale)
+    return attention_with_lse(query, key, value, partial(_forward, **settings), partial(_backward, **settings))
 
 
 # ----------------------------------------------------------------------------------------------- planning
