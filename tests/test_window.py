@@ -173,10 +173,11 @@ def test_gather_gradients_match_masked_sdpa_in_tiled_order():
         torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_flex_equals_gather_and_reference():
-    layout = VideoLayout(3, 7, 9, 5, "before")
+@pytest.mark.parametrize("tile,text_position", [((1, 4, 4), "before"), (None, "before"), (None, "after")])
+def test_flex_equals_gather_and_reference(tile, text_position):
+    layout = VideoLayout(3, 7, 9, 5, text_position)
     extents = window_extents((1, 2, 3))
-    wplan = window_plan(layout, WindowPattern(extents, block_size=16, tile=(1, 4, 4)))
+    wplan = window_plan(layout, WindowPattern(extents, block_size=16, tile=tile))
     q, k, v = qkv(layout.total_tokens)
     with torch.no_grad():
         flex = window_attention(q, k, v, wplan, backend="flex")
@@ -314,6 +315,8 @@ def test_bad_input_errors():
         WindowConfig(inward="yes")
     with pytest.raises(ValueError, match="unknown WindowAttnProcessor argument"):
         WindowAttnProcessor(decay=0.5)
+    with pytest.raises(ValueError, match="grid axes of at most 65535 positions"):  # its packed coordinate table
+        window_plan(VideoLayout(1, 2, 70_000), WindowPattern(window_extents((0, 1, 1))))
     with pytest.raises(ValueError, match="train_tokens must be an int >= 2"):
         entropy_scale_factor(1, 10)
     assert entropy_scale_factor(1560, 8160) ** 2 == pytest.approx(math.log(8160) / math.log(1560))

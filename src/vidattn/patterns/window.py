@@ -357,10 +357,19 @@ def sta_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device |
     return WindowPlan(plan, layout, pattern, order, _inverse(order, layout))
 
 
+def _packed_coordinates(video: torch.Tensor, text: torch.Tensor, t: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One int64 per position: t, h, w in 16 bits each (clamped at 0: only video positions' coordinates are read;
+    window_plan refuses grid axes past 16 bits), then the video and text flags."""
+    t, h, w = (x.clamp(0, 0xFFFF).long() for x in (t, h, w))
+    return t | (h << 16) | (w << 32) | (video.long() << 48) | (text.long() << 49)
+
+
 def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.device | str = "cpu") -> WindowPlan:
     """Block plan of ``pattern`` on ``layout`` (text dense), in the natural or the 3D-tiled token order."""
     if pattern.tile_aligned:
         return sta_plan(layout, pattern, device)
+    if max(layout.grid) > 0xFFFF:
+        raise ValueError(f"window attention supports grid axes of at most 65535 positions, got grid {layout.grid}")
     device = torch.device(device)
     bs = pattern.block_size
     order, span = _kernel_order(layout, pattern.tile, bs, device)
@@ -382,12 +391,12 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
     pad_key_block = torch.zeros(blocks, dtype=torch.bool, device=device).index_fill_(0, pos[~video & ~text] // bs, True)
     full = tiles & ~pad_key_block.view(1, -1) & contained
     grid, extents, dilation, inward = layout.grid, fitted, pattern.dilation, pattern.inward
-    if pattern.tile is not None:
-        # In the tiled order five small lookups are cheaper inside FlexAttention on CPU than the divisions.
-        tables_p = coords(torch.arange(blocks * bs, device=device))
+    # Inside FlexAttention on the CPU one lookup of packed coordinates is far cheaper than integer division.
+    packed = _packed_coordinates(*coords(torch.arange(blocks * bs, device=device)))
 
-        def coords(p):  # noqa: F811 - same function, by lookup
-            return tuple(x[p] for x in tables_p)
+    def coords(p):  # noqa: F811 - same function, by lookup
+        x = packed[p]
+        return (x >> 48) & 1 == 1, (x >> 49) & 1 == 1, x & 0xFFFF, (x >> 16) & 0xFFFF, (x >> 32) & 0xFFFF
 
 
     def token_mask(b, hh, q_idx, kv_idx):
