@@ -74,6 +74,11 @@ def test_plan_equals_naive_reference(frames, inward, tile):
     wplan = window_plan(layout, WindowPattern(extents, inward=inward, block_size=16, tile=tile))
     reference = naive_mask(layout, extents, inward=inward)
     assert torch.equal(plan_mask_original_order(wplan), reference)
+    # The token mask alone is the whole rule (flex then skips the tile lookup): it allows nothing outside a kept tile.
+    plan, idx = wplan.plan, torch.arange(wplan.plan.seq_len)
+    token_only = plan.token_mask(torch.zeros(()), torch.zeros(()), idx.view(-1, 1), idx.view(1, -1))
+    kept = plan.tiles[0, 0].repeat_interleave(plan.block_size, 0).repeat_interleave(plan.block_size, 1)[: len(idx), : len(idx)]
+    assert plan.token_mask_within_tiles and not (token_only & ~kept).any() and token_only.any()
     counts = reference.sum(-1)
     if inward:  # every query keeps the whole window
         assert (counts == WindowPattern(extents).volume(layout.grid)).all()
@@ -178,12 +183,16 @@ def test_flex_equals_gather_and_reference(tile, text_position):
     layout = VideoLayout(3, 7, 9, 5, text_position)
     extents = window_extents((1, 2, 3))
     wplan = window_plan(layout, WindowPattern(extents, block_size=16, tile=tile))
-    q, k, v = qkv(layout.total_tokens)
+    n = layout.total_tokens
+    q, k, v = qkv(n, batch=2)
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, layout.video_start - 2 if text_position == "before" else n - 2 :][:2] = False  # padded text
     with torch.no_grad():
-        flex = window_attention(q, k, v, wplan, backend="flex")
-        gather = window_attention(q, k, v, wplan, backend="gather")
+        flex = window_attention(q, k, v, wplan, key_valid, backend="flex")
+        gather = window_attention(q, k, v, wplan, key_valid, backend="gather")
     torch.testing.assert_close(flex, gather, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(flex, masked_sdpa(q, k, v, naive_mask(layout, extents), None), atol=1e-5, rtol=1e-5)
+    expected = masked_sdpa(q, k, v, naive_mask(layout, extents) & key_valid.view(2, 1, 1, n), None)
+    torch.testing.assert_close(flex, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("window,inward", [((2, 3, 4), True), ((9, 9, 9), False), ((None, None, None), True)])

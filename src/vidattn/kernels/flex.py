@@ -77,6 +77,18 @@ def plan_mask_mod(tiles: torch.Tensor, block_size: int, n: torch.Tensor, valid: 
 COMBINED_TABLE_LIMIT = 1 << 26
 
 
+def token_rule_mask_mod(valid: torch.Tensor | None, n: torch.Tensor, token_mask: TokenMask):
+    """For a token mask that is the plan's whole rule (``BlockPlan.token_mask_within_tiles``): key valid (if a key
+    mask or padding exists), key < n, token mask; no tile lookup (~20 % of a window call on CPU, measured)."""
+    last = n - 1
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = (kv_idx < n) & token_mask(b, h, torch.minimum(q_idx, last), torch.minimum(kv_idx, last))
+        return allowed if valid is None else allowed & valid[kv_idx]
+
+    return mask_mod
+
+
 def combined_mask_mod(allowed: torch.Tensor, block_size: int, n: torch.Tensor, token_mask: TokenMask | None):
     """Like :func:`plan_mask_mod` for head-shared tiles, from one (Qb, padded) table of tile-kept-and-key-valid."""
     flat = allowed.reshape(-1)
@@ -149,7 +161,9 @@ def flex_block_mask(plan: BlockPlan, key_valid: torch.Tensor | None, device: tor
     if token_mask is not None and plan.tiles.shape[0] > 1:
         token_mask = _shift_batch(token_mask, batch, device)
     n_t = torch.tensor(n, device=device)
-    if tiles.shape[1] == 1 and padded_blocks * padded <= COMBINED_TABLE_LIMIT:
+    if token_mask is not None and plan.token_mask_within_tiles:
+        mask_mod = token_rule_mask_mod(None if bool(valid[:n].all()) else valid, n_t, token_mask)
+    elif tiles.shape[1] == 1 and padded_blocks * padded <= COMBINED_TABLE_LIMIT:
         mask_mod = combined_mask_mod(tiles[0, 0].repeat_interleave(bs, dim=1) & valid, bs, n_t, token_mask)
     else:
         mask_mod = plan_mask_mod(tiles, bs, n_t, valid, token_mask)

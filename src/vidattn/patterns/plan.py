@@ -23,6 +23,8 @@ class BlockPlan:
     ``real_keys`` (optional bool ``(seq_len,)``) marks padding inside the sequence (False: never attended, e.g.
     a 3D tile's padding); kernels fold it into their key mask, and tiles holding such keys are never full. Those
     positions' query rows are not part of the result (the flex kernel may skip them: zeros).
+    ``token_mask_within_tiles``: the token mask allows no pair outside a kept tile (it is the whole rule), so a
+    kernel evaluating it may skip the tile lookup.
     """
 
     tiles: torch.Tensor
@@ -31,6 +33,7 @@ class BlockPlan:
     full: torch.Tensor | None = None
     token_mask: TokenMask | None = None
     real_keys: torch.Tensor | None = None
+    token_mask_within_tiles: bool = False
     memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +78,7 @@ class BlockPlan:
     def to(self, device: torch.device) -> "BlockPlan":
         full = None if self.full is None else self.full.to(device)
         real = None if self.real_keys is None else self.real_keys.to(device)
-        return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask, real)
+        return BlockPlan(self.tiles.to(device), self.block_size, self.seq_len, full, self.token_mask, real, self.token_mask_within_tiles)
 
 
 def full_plan(seq_len: int, block_size: int, device: torch.device | str = "cpu") -> BlockPlan:

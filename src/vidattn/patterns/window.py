@@ -408,5 +408,5 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
             inside = inside if allowed is None else inside & allowed
         return inside | k_text | (q_text & k_video)
 
-    plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), token_mask=token_mask)
+    plan = BlockPlan(tiles.view(1, 1, blocks, blocks), bs, n, full=full.view(1, 1, blocks, blocks), token_mask=token_mask, token_mask_within_tiles=True)
     return WindowPlan(plan, layout, pattern, order, None if order is None else _inverse(order, layout))
