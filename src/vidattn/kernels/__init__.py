@@ -16,20 +16,28 @@ reference).
   sliding tile attention) -> ``groups`` (kernels/groups.py), inference and training. STA 3x3x3 at 21x30x52, two
   threads: forward bf16 7.1x dense SDPA (flex 4.3x, segments 2.0x), f32 8.2x (flex 3.1x, segments 3.2x); backward
   bf16 6.3x, f32 8.3x (segments 2.1x / 3.1x).
-* CPU, plan with a token mask (token-level windows) -> ``gather`` when training, else ``flex``.
+* CPU, token-level windows (a window whose key frames count the same for every query frame, no masked video key)
+  -> ``rows`` (kernels/window_rows.py: bands of query rows against frame-stacked key rows, one fused SDPA call per
+  band with an additive mask), inference and training; the window processor decides this (``WINDOW_BACKENDS``).
+  Window (1, 7, 13) at 21x30x52, two threads: forward bf16 5.2-5.6x dense SDPA (flex 2.9x), f32 8.5x (flex 3.9x).
+* CPU, other plans with a token mask -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """
 
 from .block_sparse import BACKENDS, RANGE_BACKENDS, block_sparse_attention, plan_token_mask, resolve_backend
 from .flex import FlexRecompileLimitError
 from .range_select import range_select_attention
+from .window_rows import RowBands, row_band_attention, row_bands
 
 __all__ = [
     "BACKENDS",
     "FlexRecompileLimitError",
     "RANGE_BACKENDS",
+    "RowBands",
     "block_sparse_attention",
     "plan_token_mask",
     "range_select_attention",
     "resolve_backend",
+    "row_band_attention",
+    "row_bands",
 ]

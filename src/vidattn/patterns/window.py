@@ -182,12 +182,20 @@ class WindowPlan:
         """Share of computed tiles that need no token mask."""
         return (self.plan.full.sum() / self.plan.tiles.sum().clamp(min=1)).item()
 
+    def axis_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-axis (L, L) bool tables of a token-level window on the layout's grid (frames, rows, cols)."""
+        if self.pattern.tile_aligned:
+            raise ValueError("axis_tables is for token-level windows; tile_aligned=True counts whole tiles")
+        pattern = self.pattern
+        fitted = pattern.fitted_extents(self.layout.grid)
+        return tuple(axis_table(n, e, r, pattern.inward) for n, e, r in zip(self.layout.grid, fitted, pattern.dilation))  # type: ignore[return-value]
+
     def token_density(self) -> float:
         """Share of (video query, video key) pairs allowed: the window volume over the grid (exact, per axis)."""
         grid, pattern = self.layout.grid, self.pattern
         extents = pattern.fitted_extents(grid)
         if not pattern.tile_aligned:
-            return math.prod(axis_table(n, e, r, pattern.inward).sum().item() / n**2 for n, e, r in zip(grid, extents, pattern.dilation))
+            return math.prod(table.sum().item() / n**2 for n, table in zip(grid, self.axis_tables()))
         share = 1.0
         for length, t, ext in zip(grid, pattern.tile, extents):
             count = (torch.arange(length) // t).bincount(minlength=-(-length // t)).float()  # real tokens per tile

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..checks import check_int, check_number
-from ..kernels import block_sparse_attention
+from ..kernels import BACKENDS, block_sparse_attention
 from ..kernels.reordered import block_sparse_attention_in_order
+from ..kernels.window_rows import RowBands, row_band_attention, row_bands, same_key_frame_count
 from ..layout import VideoLayout
 from ..patterns.window import WindowPattern, WindowPlan, window_extents, window_plan
 from .base import MethodAttnProcessor
@@ -25,6 +27,8 @@ def entropy_scale_factor(train_tokens: int, infer_tokens: int) -> float:
 
 # FreeSwim's code: a fixed factor with the inference token count hard-coded as twice Wan's 30x52 training grid.
 FREESWIM_SCALE_FACTOR = entropy_scale_factor(30 * 52, 30 * 52 * 2)  # 1.0461...
+# ``rows`` (kernels/window_rows.py, CPU) runs token-level windows without a tile plan; ``auto`` takes it on the CPU.
+WINDOW_BACKENDS = (*BACKENDS, "rows")
 # FreeSwim's half-widths for Wan 2.1 1.3B (base 480x832 -> 30x52 tokens): all frames, 15 rows, 26 cols.
 FREESWIM_WINDOW = (None, 15, 26)
 
@@ -38,7 +42,8 @@ class WindowConfig(MethodConfig):
     softmax scale (1.0 = plain attention). ``tile`` reorders tokens into 3D tiles (frames, rows, cols) for the
     kernel; None keeps the natural frame-major order; ``"auto"`` takes whichever of the natural order and a
     one-frame brick of ``block_size`` tokens (1x8x16 for 128) computes fewer tiles on the call's grid. The result
-    is the same either way; only the kernel's schedule changes. ``tile_aligned=True`` is sliding tile attention:
+    is the same either way; only the kernel's schedule changes (``backend="rows"``, which ``auto`` takes on the CPU
+    for token-level windows, always reads the natural order). ``tile_aligned=True`` is sliding tile attention:
     ``window``/``size`` then count whole tiles of shape ``tile`` ("auto": the brick), every kept tile is computed
     whole and mask-free; without ``window``/``size`` it takes FreeSwim's window rounded up to whole tiles. A
     window at least as long as its axis covers the axis.
@@ -52,6 +57,7 @@ class WindowConfig(MethodConfig):
     block_size: int = 128
     tile: tuple[int, int, int] | str | None = "auto"
     tile_aligned: bool = False
+    backends: ClassVar[tuple[str, ...]] = WINDOW_BACKENDS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,12 +118,41 @@ def window_attention(
     backend: str = "auto",
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so)."""
+    """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so).
+
+    ``backend="rows"`` (and ``auto`` on the CPU where it applies) runs token-level windows in bands of query rows
+    (kernels/window_rows.py) in the natural order; the other backends run the plan's tiles."""
+    if backend not in WINDOW_BACKENDS:
+        raise ValueError(f"backend must be one of {WINDOW_BACKENDS}, got {backend!r}")
+    if backend == "rows" or (backend == "auto" and _rows_apply(query, wplan, key_valid)):
+        return row_band_attention(query, key, value, row_schedule(wplan), wplan.layout, key_valid, scale)
     if wplan.order is None:
         return block_sparse_attention(query, key, value, wplan.plan, key_valid, backend=backend, scale=scale)
     return block_sparse_attention_in_order(
         query, key, value, wplan.plan, wplan.order, padded=True, key_valid=key_valid, backend=backend, scale=scale
     )
+
+
+def row_schedule(wplan: WindowPlan) -> RowBands:
+    """The ``rows`` backend's band schedule of a token-level window plan, memoised on the plan."""
+    if wplan.pattern.tile_aligned:
+        raise ValueError("backend='rows' runs token-level windows; tile_aligned=True (sliding tile attention) runs on 'auto', 'groups' or 'flex'")
+    if "rows" not in wplan.memo:
+        wplan.memo["rows"] = row_bands(*wplan.axis_tables())
+    return wplan.memo["rows"]
+
+
+def _rows_apply(query: torch.Tensor, wplan: WindowPlan, key_valid: torch.Tensor | None) -> bool:
+    """``auto``'s choice of ``rows``: the CPU, a token-level window whose query frames all see the same number of key
+    frames, and no masked video key."""
+    if query.device.type != "cpu" or wplan.pattern.tile_aligned:
+        return False
+    if "rows_apply" not in wplan.memo:
+        wplan.memo["rows_apply"] = same_key_frame_count(wplan.axis_tables()[0])
+    if not wplan.memo["rows_apply"]:
+        return False
+    video = slice(wplan.layout.video_start, wplan.layout.video_start + wplan.layout.video_tokens)
+    return key_valid is None or bool(key_valid[:, video].all())
 
 
 class WindowAttnProcessor(MethodAttnProcessor):
