@@ -202,6 +202,10 @@ def test_window_covering_the_grid_equals_dense(window, inward):
     q, k, v = qkv(layout.total_tokens)
     torch.testing.assert_close(proc.attend(q, k, v, layout, None, "wan"), F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
     assert proc.plan(q, k, layout, "wan").plan.sparsity == 0.0
+    assert proc.window_plan(layout).covers_grid
+    auto = WindowAttnProcessor(window=window, inward=inward, scale_factor=1.0, block_size=32)
+    assert torch.equal(auto.attend(q, k, v, layout, None, "wan"), F.scaled_dot_product_attention(q, k, v))  # runs SDPA itself
+    assert not WindowAttnProcessor(window=(1, 3, 4), inward=inward, block_size=32).window_plan(layout).covers_grid
 
 
 def test_scale_factor_default_is_freeswim_and_multiplies_the_softmax_scale():

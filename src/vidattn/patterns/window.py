@@ -178,6 +178,11 @@ class WindowPlan:
         return self.plan.flop_share(self.layout.total_tokens)
 
     @property
+    def covers_grid(self) -> bool:
+        """Whether the window covers every axis of the grid: every query sees every key, dense attention."""
+        return all(ext is None for ext in self.pattern.fitted_extents(self.layout.grid))
+
+    @property
     def full_share(self) -> float:
         """Share of computed tiles that need no token mask."""
         return (self.plan.full.sum() / self.plan.tiles.sum().clamp(min=1)).item()

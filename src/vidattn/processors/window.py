@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from ..checks import check_int, check_number
 from ..kernels import BACKENDS, block_sparse_attention
@@ -121,9 +122,13 @@ def window_attention(
     """Attention of original-order (B, H, N, D) tensors under a window plan (reordered into tiles if it says so).
 
     ``backend="rows"`` (and ``auto`` on the CPU where it applies) runs token-level windows in bands of query rows
-    (kernels/window_rows.py) in the natural order; the other backends run the plan's tiles."""
+    (kernels/window_rows.py) in the natural order; the other backends run the plan's tiles. ``auto`` runs a window
+    that covers the grid as what it is, dense SDPA."""
     if backend not in WINDOW_BACKENDS:
         raise ValueError(f"backend must be one of {WINDOW_BACKENDS}, got {backend!r}")
+    if backend == "auto" and wplan.covers_grid:
+        mask = None if key_valid is None else key_valid[:, None, None, :].to(query.device)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
     if backend == "rows" or (backend == "auto" and _rows_apply(query, wplan, key_valid)):
         return row_band_attention(query, key, value, row_schedule(wplan), wplan.layout, key_valid, scale)
     if wplan.order is None:
