@@ -56,6 +56,16 @@ def test_rows_equal_masked_sdpa_forward_and_backward(grid, window, text, positio
         torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-10)
 
 
+def test_dilated_rows_and_cols_equal_masked_sdpa():
+    layout = VideoLayout(4, 9, 11, 2, "after")
+    extents, dilation = window_extents((1, 2, 2)), (1, 2, 3)
+    wplan = window_plan(layout, WindowPattern(extents, dilation, block_size=16))
+    q, k, v = (x.detach() for x in leaves(layout.total_tokens, 1))
+    out = window_attention(q, k, v, wplan, None, backend="rows", scale=0.4)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_mask(layout, extents, dilation), scale=0.4)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+
+
 def test_masks_built_per_call_when_over_the_memo_budget(monkeypatch):
     layout = VideoLayout(4, 6, 7, 2, "after")
     wplan = window_plan(layout, WindowPattern(window_extents((1, 2, 2)), block_size=16))
