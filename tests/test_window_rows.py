@@ -1,7 +1,7 @@
 """backend='rows' (kernels/window_rows.py): token-level windows in bands of query rows against frame-stacked key
 rows, against SDPA with the naive per-token window mask: forward and f64 gradients with text before/after, masked
 text keys (one batch element with none), shared and per-frame key frames, several band heights, masks built per
-call; bf16; auto's choice through the processor; refusals."""
+call, passes over head chunks; bf16; auto's choice through the processor; refusals."""
 
 import pytest
 import torch
@@ -76,6 +76,20 @@ def test_masks_built_per_call_when_over_the_memo_budget(monkeypatch):
     per_call = row_band_attention(q, k, v, schedule, layout)
     assert schedule.memo == {}
     torch.testing.assert_close(per_call, memoised, atol=0, rtol=0)
+
+
+def test_passes_over_head_chunks_change_nothing(monkeypatch):
+    layout = VideoLayout(4, 6, 7, 3, "before")
+    wplan = window_plan(layout, WindowPattern(window_extents((1, 2, 2)), block_size=16))
+    q, k, v = leaves(layout.total_tokens, 2)
+    runs = []
+    for budget in (window_rows.STACK_BYTES, 1):  # all heads in one pass; one head per pass
+        monkeypatch.setattr(window_rows, "STACK_BYTES", budget)
+        out = row_band_attention(q, k, v, row_bands(*wplan.axis_tables()), layout)
+        runs.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    assert len(window_rows._passes(q, row_bands(*wplan.axis_tables()))) == 2 * 3
+    for chunked, whole in zip(*runs):
+        torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
 
 
 def test_bf16_is_close_to_the_f32_reference():

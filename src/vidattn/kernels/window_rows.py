@@ -24,6 +24,8 @@ from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _f
 BAND_MIN_QUERIES = 192
 # Additive masks of a schedule are kept per dtype up to this many bytes; larger ones are built per call.
 MASK_MEMO_BYTES = 64 << 20
+# The stacked K and V of one pass hold at most this many bytes (heads are taken in chunks; at least one head).
+STACK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +152,14 @@ def _stack(x: torch.Tensor, schedule: RowBands) -> torch.Tensor:
     return out
 
 
+def _passes(query: torch.Tensor, schedule: RowBands) -> list[tuple[int, slice]]:
+    """(batch element, heads) of each pass over the bands: as many heads as keep the K and V stacks in STACK_BYTES."""
+    frames, s = schedule.frames.shape if not schedule.shared else (1, schedule.frames.shape[1])
+    per_head = 2 * frames * s * math.prod(schedule.grid[1:]) * query.shape[-1] * query.element_size()
+    step = max(1, STACK_BYTES // per_head)
+    return [(b, slice(h, h + step)) for b in range(query.shape[0]) for h in range(0, query.shape[1], step)]
+
+
 def _band_views(q, ks, vs, schedule: RowBands, band: int):
     """A band's queries (T, heads, Lq, D) and its stacked keys/values (T, heads, Lk, D), all views."""
     h0, h1, r0, r1 = schedule.bands[band]
@@ -185,17 +195,16 @@ def _forward(query, key, value, schedule: RowBands, layout: VideoLayout, text_va
     lse = torch.empty(query.shape[:-1], dtype=_accumulator(query))
     masks = schedule.masks(query.dtype)
     video = _video(layout)
-    for b in range(query.shape[0]):
-        q = _grid_view(query[b], layout)
-        ks, vs = (_stack(_grid_view(x[b], layout), schedule) for x in (key, value))
-        o_grid, l_grid = _grid_view(out[b], layout), _grid_view(lse[b].unsqueeze(-1), layout).squeeze(-1)
+    for b, heads in _passes(query, schedule):
+        q = _grid_view(query[b, heads], layout)
+        ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule) for x in (key, value))
+        o_grid, l_grid = _grid_view(out[b, heads], layout), _grid_view(lse[b, heads].unsqueeze(-1), layout).squeeze(-1)
         for i in range(len(schedule.bands)):
             mask = masks[i] if masks is not None else schedule.mask(i, query.dtype)
             o, l = _flash(*_band_views(q, ks, vs, schedule, i), attn_mask=mask, scale=scale)[:2]
             _band_rows(o_grid, schedule, i).copy_(o)
             _band_rows(l_grid, schedule, i).copy_(l)
-        if not layout.text:
-            continue
+    for b in range(query.shape[0] if layout.text else 0):  # text: dense
         keys = _text_keys(text_valid, b, layout)
         if keys.numel():  # video queries on the text keys, merged by log-sum-exp
             o, l = _flash(query[b : b + 1, :, video], key[b : b + 1, :, keys], value[b : b + 1, :, keys], scale=scale)[:2]
@@ -218,11 +227,11 @@ def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout:
     dq, dk, dv = (torch.zeros(x.shape, dtype=_accumulator(query)) for x in (query, key, value))
     masks = schedule.masks(query.dtype)
     video = _video(layout)
-    for b in range(query.shape[0]):
-        q, g, o_grid = (_grid_view(x[b], layout) for x in (query, grad_out, out))
-        l_grid = _grid_view(lse[b].unsqueeze(-1), layout).squeeze(-1)
-        ks, vs = (_stack(_grid_view(x[b], layout), schedule) for x in (key, value))
-        dq_grid, dk_grid, dv_grid = (_grid_view(x[b], layout) for x in (dq, dk, dv))
+    for b, heads in _passes(query, schedule):
+        q, g, o_grid = (_grid_view(x[b, heads], layout) for x in (query, grad_out, out))
+        l_grid = _grid_view(lse[b, heads].unsqueeze(-1), layout).squeeze(-1)
+        ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule) for x in (key, value))
+        dq_grid, dk_grid, dv_grid = (_grid_view(x[b, heads], layout) for x in (dq, dk, dv))
         for i, (h0, h1, r0, r1) in enumerate(schedule.bands):
             mask = masks[i] if masks is not None else schedule.mask(i, query.dtype)
             qq, kk, vv = _band_views(q, ks, vs, schedule, i)
@@ -233,8 +242,7 @@ def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout:
             _band_rows(dq_grid, schedule, i).add_(gq)
             for grad, target in ((gk, dk_grid), (gv, dv_grid)):
                 _unstack_add(grad.unflatten(2, (r1 - r0, schedule.frames.shape[1], layout.grid[2])), target[:, :, r0:r1], schedule)
-        if not layout.text:
-            continue
+    for b in range(query.shape[0] if layout.text else 0):  # text: dense
         keys = _text_keys(text_valid, b, layout)
         if keys.numel():
             sel = (slice(b, b + 1), slice(None), video)
