@@ -80,6 +80,8 @@ def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band
             f"dilation along frames, or all frames); got {sorted(set(frames.sum(1).tolist()))}; use 'flex' or 'auto'"
         )
     grid = (frames.shape[0], rows.shape[0], cols.shape[0])
+    if band_rows is not None and (isinstance(band_rows, bool) or not isinstance(band_rows, int) or band_rows < 1):
+        raise ValueError(f"band_rows must be a positive int (query rows per band) or None, got {band_rows!r}")
     if band_rows is None:
         band_rows = min(grid[1], -(-BAND_MIN_QUERIES // grid[2]))
     key_frames = torch.stack([row.nonzero().flatten() for row in frames])
