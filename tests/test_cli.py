@@ -56,6 +56,17 @@ def test_bench_backward_times_the_training_backends(capsys):
     assert [line.split()[1] for line in lines if line.startswith("radial")] == ["gather", "segments", "groups"]  # no flex on the CPU
 
 
+def test_bench_leaves_out_backends_the_plan_cannot_run_unless_named(capsys):
+    argv = ["bench", "--method", "window", "--grid", "3x6x8", "--heads", "1", "--head-dim", "8", "--mode", "backward",
+            "--repeats", "1", "--param", "window=[1, 2, 3]", "--param", "block_size=16", "--param", "tile=null"]
+    main(argv)
+    captured = capsys.readouterr()
+    assert [line.split()[1] for line in captured.out.splitlines() if line.startswith("window")] == ["gather", "rows"]
+    for backend in ("segments", "groups"):  # a token-level window has a token mask
+        assert f"cannot run backend {backend} here, left out: backend='{backend}' needs a plan without token_mask" in captured.err
+    assert "needs a plan without token_mask" in _usage_error([*argv, "--backends", "rows,segments"], capsys)
+
+
 def test_params_parse_yaml_values_and_reject_bad_pairs():
     assert parse_params(["decay=0.2", "spatial_chunk=[4, 13]", "sink=false", "kind=3d"]) == {
         "decay": 0.2, "spatial_chunk": (4, 13), "sink": False, "kind": "3d"}

@@ -95,7 +95,8 @@ def check_bench(args) -> tuple[VideoLayout, dict]:
 
 
 def _backends(args) -> list[str]:
-    """``--backends``, or every backend of the method except the reference (``dense``) and ``auto``'s alias."""
+    """``--backends``, or every backend of the method except the reference (``dense``) and ``auto``'s alias (those
+    that cannot run the call's plan are then left out with a line saying why)."""
     if args.backends:
         return [b.strip() for b in args.backends.split(",")]
     skip = ("auto", "dense", "flex") if args.mode == "backward" and args.device == "cpu" else ("auto", "dense")
@@ -156,8 +157,16 @@ def cmd_bench(args) -> None:
             calls_of[backend] = lambda proc=proc: proc.attend(q, k, v, layout, None, args.family)
         # One warm-up call each (FlexAttention compiles on its first call), then rounds that run dense and every
         # backend in turn: a machine that slows down mid-run slows every row alike, and each row keeps its best.
-        for name, fn in calls_of.items():
-            seconds = once(fn)
+        for name, fn in list(calls_of.items()):
+            try:
+                seconds = once(fn)
+            except ValueError as err:  # a backend the method cannot run on this plan, e.g. segments on a token mask
+                if args.backends or name == "dense":
+                    raise
+                bar.write(f"bench: {args.method} cannot run backend {name} here, left out: {err}", file=sys.stderr)
+                del calls_of[name]
+                backends.remove(name)
+                continue
             if name == "dense" and seconds > 2:
                 bar.write(f"bench: one dense call takes {format_seconds(seconds)}; {calls - 1} more calls follow "
                           f"(sparse ones are usually faster on a GPU, and can be much slower on a CPU)", file=sys.stderr)
