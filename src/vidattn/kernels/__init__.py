@@ -19,7 +19,8 @@ reference).
 * CPU, token-level windows (a window whose key frames count the same for every query frame, no masked video key)
   -> ``rows`` (kernels/window_rows.py: bands of query rows against frame-stacked key rows, one fused SDPA call per
   band with an additive mask), inference and training; the window processor decides this (``WINDOW_BACKENDS``).
-  Window (1, 7, 13) at 21x30x52, two threads: forward bf16 5.2-5.6x dense SDPA (flex 2.9x), f32 8.5x (flex 3.9x).
+  Window (1, 7, 13) at 21x30x52, two threads: forward bf16 4.9-6.4x dense SDPA (flex 2.9-4.0x), f32 8.2-8.5x (flex
+  3.8-4.3x); backward bf16 5.3x, f32 7.5x (flex has none on the CPU; gather keeps GBs of scores).
 * CPU, other plans with a token mask -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """
