@@ -50,6 +50,17 @@ class VideoLayout:
         return self.text if self.text_position == "before" else 0
 
     @property
+    def video_slice(self) -> slice:
+        """The video tokens' positions in the joint sequence."""
+        return slice(self.video_start, self.video_start + self.video_tokens)
+
+    @property
+    def text_slice(self) -> slice:
+        """The text tokens' positions in the joint sequence (empty without text)."""
+        start = 0 if self.text_position == "before" else self.video_tokens
+        return slice(start, start + self.text)
+
+    @property
     def grid(self) -> tuple[int, int, int]:
         return (self.frames, self.height, self.width)
 

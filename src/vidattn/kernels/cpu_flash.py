@@ -1,5 +1,6 @@
-"""The fused CPU attention kernel the CPU backends (segments, groups, ranges) run their pieces with, and the autograd
-wrapper they share: a forward that returns (out, log-sum-exp) and a backward that needs both."""
+"""The fused CPU attention kernel the CPU backends (segments, groups, ranges, rows) run their pieces with, and what
+they share around it: the autograd wrapper (a forward that returns (out, log-sum-exp), a backward that needs both),
+the accumulation dtype of merges and gradient sums, and the key-mask check."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_back
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Backward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Merges, log-sum-exps and gradient sums run in f32, or f64 for f64 inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_key_valid(key_valid: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
+    """``key_valid`` as a CPU bool tensor after checking it is (B or 1, n); None stays None."""
+    if key_valid is None:
+        return None
+    if key_valid.ndim != 2 or key_valid.shape[-1] != n or key_valid.shape[0] not in (1, batch):
+        raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(key_valid.shape)}")
+    return key_valid.to("cpu", torch.bool)
 
 
 def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, forward: Forward, backward: Backward) -> torch.Tensor:

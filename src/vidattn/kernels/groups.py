@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from ..patterns.plan import BlockPlan
-from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
+from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, flash as _flash, flash_backward as _flash_backward
 
 
 # ``auto`` takes ``groups`` when a group holds at least this many query tiles on average: the gathered key copies are
@@ -89,19 +89,17 @@ def grouped_attention(
     positions = n if order is None else order.numel()
     if positions != plan.seq_len:
         raise ValueError(f"plan is for {plan.seq_len} positions, got {positions} ({'tokens' if order is None else 'order entries'})")
-    if key_valid is not None and (key_valid.ndim != 2 or key_valid.shape[-1] != n or key_valid.shape[0] not in (1, batch)):
-        raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(key_valid.shape)}")
-    jobs = _jobs(plan, key_valid, batch, heads, n, None if order is None else order.cpu())
+    valid = check_key_valid(key_valid, batch, n)
+    jobs = _jobs(plan, valid, batch, heads, n, None if order is None else order.cpu())
     return attention_with_lse(query, key, value, partial(_forward, jobs=jobs, scale=scale), partial(_backward, jobs=jobs, scale=scale))
 
 
-def _jobs(plan: BlockPlan, key_valid: torch.Tensor | None, batch: int, heads: int, n: int, order: torch.Tensor | None) -> list[tuple[slice, slice, list[TokenGroup]]]:
+def _jobs(plan: BlockPlan, valid: torch.Tensor | None, batch: int, heads: int, n: int, order: torch.Tensor | None) -> list[tuple[slice, slice, list[TokenGroup]]]:
     """(batch slice, head slice, groups) covering the batch and heads, in the tensors' token order; keys masked by
-    ``key_valid`` are dropped."""
+    ``valid`` (checked CPU bool key mask) are dropped."""
     tb, th = plan.tiles.shape[:2]
     if tb not in (1, batch) or th not in (1, heads):
         raise ValueError(f"plan tiles {tuple(plan.tiles.shape)} do not broadcast to batch {batch} x heads {heads}")
-    valid = None if key_valid is None else key_valid.to("cpu", torch.bool)
     per_batch = tb > 1 or (valid is not None and valid.shape[0] > 1)
     jobs = []
     for b in range(batch) if per_batch else [None]:
@@ -128,7 +126,7 @@ def _one(index: int | None) -> slice:
 
 def _forward(query, key, value, jobs, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.zeros_like(query)
-    lse = torch.full(query.shape[:-1], float("-inf"), dtype=torch.promote_types(query.dtype, torch.float32))
+    lse = torch.full(query.shape[:-1], float("-inf"), dtype=accumulate_dtype(query.dtype))
     for bsl, hsl, groups in jobs:
         q, k, v, o, l = query[bsl, hsl], key[bsl, hsl], value[bsl, hsl], out[bsl, hsl], lse[bsl, hsl]
         for g in groups:
@@ -142,7 +140,7 @@ def _backward(grad_out, query, key, value, out, lse, jobs, scale: float):
     """Each query row's gradient comes from its one group; key gradients are summed over groups in f32."""
     grad_out = grad_out.to(query.dtype)
     dq = torch.zeros_like(query)
-    dk, dv = (torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, torch.float32)) for x in (key, value))
+    dk, dv = (torch.zeros(x.shape, dtype=accumulate_dtype(x.dtype)) for x in (key, value))
     for bsl, hsl, groups in jobs:
         sel = (bsl, hsl)
         q, k, v, o, l, g_out = query[sel], key[sel], value[sel], out[sel], lse[sel], grad_out[sel]

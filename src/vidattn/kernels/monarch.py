@@ -253,7 +253,7 @@ def monarch_attention(
     if query.ndim != 4 or query.shape[-2] != n or key.shape[-2] != n or value.shape[-2] != n:
         raise ValueError(f"layout {layout} has {n} tokens; query/key/value must be (B, H, {n}, D), got {tuple(query.shape)}, {tuple(key.shape)}")
     start, video = layout.video_start, layout.video_tokens
-    vid = slice(start, start + video)
+    vid = layout.video_slice
     txt = torch.cat([torch.arange(0, start), torch.arange(start + video, n)]).to(query.device) if layout.text else None
     text_bias = None
     if key_valid is not None:

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
+from .cpu_flash import accumulate_dtype, attention_with_lse, flash as _flash, flash_backward as _flash_backward
 
 
 Ranges = tuple[tuple[int, int], ...]
@@ -169,11 +169,6 @@ def _pieces(selected: torch.Tensor, ranges: Ranges, key_valid: torch.Tensor | No
 # ----------------------------------------------------------------------------------------------- forward / backward
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Merges and gradient sums run in f32, or f64 for f64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _forward(query, key, value, pieces, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Output (query dtype) and log-sum-exp (accumulate dtype, -inf on rows with no key).
 
@@ -181,7 +176,7 @@ def _forward(query, key, value, pieces, scale: float) -> tuple[torch.Tensor, tor
     ``index_add_``, and only a piece that exceeds a row's reference by more than ``_RESCALE_MARGIN`` moves it (rare).
     """
     batch, heads, nq, _ = query.shape
-    acc_dtype = _accumulate_dtype(query.dtype)
+    acc_dtype = accumulate_dtype(query.dtype)
     acc = torch.zeros(batch, heads, nq, value.shape[-1], dtype=acc_dtype)
     ref = torch.full((batch, heads, nq), float("-inf"), dtype=acc_dtype)
     weight = torch.zeros(batch, heads, nq, dtype=acc_dtype)
@@ -226,7 +221,7 @@ def _merge(acc: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, rows: tor
 
 
 def _backward(grad_out, query, key, value, out, lse, pieces, scale: float):
-    acc_dtype = _accumulate_dtype(query.dtype)
+    acc_dtype = accumulate_dtype(query.dtype)
     dq = torch.zeros(query.shape, dtype=acc_dtype)
     dk = torch.zeros(key.shape, dtype=acc_dtype)
     dv = torch.zeros(value.shape, dtype=acc_dtype)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..patterns.plan import BlockPlan
-from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
+from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, flash as _flash, flash_backward as _flash_backward
 from .segment_plan import SegmentPlan, segment_plan
 
 
@@ -59,9 +59,7 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 def _jobs(plan: BlockPlan, key_valid: torch.Tensor | None, batch: int, heads: int) -> tuple[_Job, ...]:
     tiles = plan.tiles.cpu()
     n, bs = plan.seq_len, plan.block_size
-    valid = None if key_valid is None else key_valid.to("cpu", torch.bool)
-    if valid is not None and (valid.ndim != 2 or valid.shape[-1] != n or valid.shape[0] not in (1, batch)):
-        raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(valid.shape)}")
+    valid = check_key_valid(key_valid, batch, n)
     if plan.real_keys is not None:  # padding inside the sequence is never attended
         real = plan.real_keys.to("cpu").view(1, n)
         valid = real if valid is None else valid & real
@@ -174,11 +172,6 @@ RECT_CHUNK_TILES = 16
 STRIP_CHUNK_TILES = 16
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Merges and gradient sums run in f32, or f64 for f64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _chunks(start: int, stop: int, size: int):
     """Split [start, stop) into near-equal parts of at most ``size``."""
     parts = -(-(stop - start) // size)
@@ -252,7 +245,7 @@ def _ordered_calls(job: _Job, bs: int, n: int) -> list[tuple]:
 
 def _forward(query, key, value, jobs, bs: int, scale: float):
     batch, heads, n, dim = query.shape
-    merger = _Merger((batch, heads, n, dim), query.device, _accumulate_dtype(query.dtype))
+    merger = _Merger((batch, heads, n, dim), query.device, accumulate_dtype(query.dtype))
     for job in jobs:
         (b0, b1), (h0, h1) = job.batch, job.heads
         q, k, v = (x[b0:b1, h0:h1] for x in (query, key, value))
@@ -359,7 +352,7 @@ def _backward(grad_out, query, key, value, out, lse, jobs, bs: int, scale: float
     # Reduced precision sums the pieces' gradients in its own dtype, as the fused kernel (and dense SDPA's backward)
     # sums its query blocks: f32 sums cost a widening copy per piece (~8 % of the bf16 backward) for no accuracy
     # dense SDPA has (the bf16 gradient test compares both errors against an f32 reference).
-    grad_dtype = query.dtype if query.dtype in (torch.bfloat16, torch.float16) else _accumulate_dtype(query.dtype)
+    grad_dtype = query.dtype if query.dtype in (torch.bfloat16, torch.float16) else accumulate_dtype(query.dtype)
     dq, dk, dv = (torch.zeros(batch, heads, n, dim, dtype=grad_dtype, device=query.device) for _ in range(3))
     grad_out = grad_out.to(query.dtype)
     masks: dict[int, torch.Tensor] = {}  # pair masks by strip width, for this call only

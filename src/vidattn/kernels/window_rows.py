@@ -18,7 +18,7 @@ from functools import partial
 import torch
 
 from ..layout import VideoLayout
-from .cpu_flash import attention_with_lse, flash as _flash, flash_backward as _flash_backward
+from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, flash as _flash, flash_backward as _flash_backward
 
 # Query rows per band: enough for the fused kernel's 64-row blocks (it uses 32-row blocks below 192 queries).
 BAND_MIN_QUERIES = 192
@@ -112,35 +112,18 @@ def row_band_attention(
         raise ValueError(f"backend='rows' runs on the CPU only, got device {query.device}; use 'flex' or 'auto' there")
     if n != layout.total_tokens or key.shape[-2] != n or layout.grid != schedule.grid:
         raise ValueError(f"backend='rows': schedule for grid {schedule.grid} with {layout.total_tokens} tokens, got {n} queries, {key.shape[-2]} keys, grid {layout.grid}")
-    text_valid = None
-    if key_valid is not None:
-        if key_valid.ndim != 2 or key_valid.shape[-1] != n or key_valid.shape[0] not in (1, batch):
-            raise ValueError(f"key_valid must be a bool tensor (B or 1, {n}), got {tuple(key_valid.shape)}")
-        key_valid = key_valid.to("cpu", torch.bool)
-        if not bool(key_valid[:, _video(layout)].all()):
-            raise ValueError("backend='rows' supports masked text keys only, key_valid masks video keys; use 'flex' or 'auto'")
-        text_valid = key_valid[:, _text(layout)] if layout.text else None
+    key_valid = check_key_valid(key_valid, batch, n)
+    if key_valid is not None and not bool(key_valid[:, layout.video_slice].all()):
+        raise ValueError("backend='rows' supports masked text keys only, key_valid masks video keys; use 'flex' or 'auto'")
+    text_valid = key_valid[:, layout.text_slice] if key_valid is not None and layout.text else None
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
     args = dict(schedule=schedule, layout=layout, text_valid=text_valid, scale=scale)
     return attention_with_lse(query, key, value, partial(_forward, **args), partial(_backward, **args))
 
 
-def _accumulator(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _video(layout: VideoLayout) -> slice:
-    return slice(layout.video_start, layout.video_start + layout.video_tokens)
-
-
-def _text(layout: VideoLayout) -> slice:
-    start = 0 if layout.text_position == "before" else layout.video_tokens
-    return slice(start, start + layout.text)
-
-
 def _grid_view(x: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
     """(H, N, D) -> the video tokens as (H, T, rows, cols, D), a view."""
-    return x[:, _video(layout)].unflatten(1, layout.grid)
+    return x[:, layout.video_slice].unflatten(1, layout.grid)
 
 
 def _stack(x: torch.Tensor, schedule: RowBands) -> torch.Tensor:
@@ -182,21 +165,21 @@ def _text_mask(text_valid: torch.Tensor | None, b: int, layout: VideoLayout, dty
     if text_valid is None:
         return None
     valid = torch.ones(layout.total_tokens, dtype=torch.bool)
-    valid[_text(layout)] = text_valid[b if text_valid.shape[0] > 1 else 0]
+    valid[layout.text_slice] = text_valid[b if text_valid.shape[0] > 1 else 0]
     return torch.zeros(1, valid.numel(), dtype=dtype).masked_fill_(~valid, float("-inf"))
 
 
 def _text_keys(text_valid: torch.Tensor | None, b: int, layout: VideoLayout) -> torch.Tensor:
     """Indices of the valid text keys of batch element b."""
-    index = torch.arange(_text(layout).start, _text(layout).stop)
+    index = torch.arange(layout.text_slice.start, layout.text_slice.stop)
     return index if text_valid is None else index[text_valid[b if text_valid.shape[0] > 1 else 0]]
 
 
 def _forward(query, key, value, schedule: RowBands, layout: VideoLayout, text_valid, scale: float):
     out = torch.empty(query.shape, dtype=query.dtype)
-    lse = torch.empty(query.shape[:-1], dtype=_accumulator(query))
+    lse = torch.empty(query.shape[:-1], dtype=accumulate_dtype(query.dtype))
     masks = schedule.masks(query.dtype)
-    video = _video(layout)
+    video = layout.video_slice
     for b, heads in _passes(query, schedule):
         q = _grid_view(query[b, heads], layout)
         ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule) for x in (key, value))
@@ -215,7 +198,7 @@ def _forward(query, key, value, schedule: RowBands, layout: VideoLayout, text_va
             merged = o_win.to(total.dtype) * (l_win - total).exp().unsqueeze(-1) + o[0].to(total.dtype) * (l[0] - total).exp().unsqueeze(-1)
             o_win.copy_(merged)
             l_win.copy_(total)
-        text = _text(layout)
+        text = layout.text_slice
         mask = _text_mask(text_valid, b, layout, query.dtype)
         o, l = _flash(query[b : b + 1, :, text], key[b : b + 1], value[b : b + 1], attn_mask=mask, scale=scale)[:2]
         out[b, :, text], lse[b, :, text] = o[0], l[0]
@@ -226,9 +209,9 @@ def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout:
     """Each piece's fused backward with the merged output and log-sum-exp (its exact share); key gradients of the
     stacked copies are summed back onto their frames in (at least) f32."""
     grad_out = grad_out.to(query.dtype)
-    dq, dk, dv = (torch.zeros(x.shape, dtype=_accumulator(query)) for x in (query, key, value))
+    dq, dk, dv = (torch.zeros(x.shape, dtype=accumulate_dtype(query.dtype)) for x in (query, key, value))
     masks = schedule.masks(query.dtype)
-    video = _video(layout)
+    video = layout.video_slice
     for b, heads in _passes(query, schedule):
         q, g, o_grid = (_grid_view(x[b, heads], layout) for x in (query, grad_out, out))
         l_grid = _grid_view(lse[b, heads].unsqueeze(-1), layout).squeeze(-1)
@@ -255,7 +238,7 @@ def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout:
             dq[sel] += gq
             dk[b : b + 1, :, keys] += gk
             dv[b : b + 1, :, keys] += gv
-        text = _text(layout)
+        text = layout.text_slice
         sel = (slice(b, b + 1), slice(None), text)
         gq, gk, gv = _flash_backward(
             grad_out[sel].contiguous(), query[sel], key[b : b + 1], value[b : b + 1], out[sel].contiguous(),

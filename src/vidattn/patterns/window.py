@@ -145,6 +145,12 @@ def axis_allows(q: torch.Tensor, k: torch.Tensor, length: int, extent: Extent, d
     return ((k - q) % r == 0) & (mk >= start) & (mk <= start + span)
 
 
+def _axis_tables(grid: tuple[int, int, int], pattern: "WindowPattern") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A token-level pattern's (L, L) tables on ``grid``, with its fitted extents (frames, rows, cols)."""
+    fitted = pattern.fitted_extents(grid)
+    return tuple(axis_table(n, e, r, pattern.inward) for n, e, r in zip(grid, fitted, pattern.dilation))  # type: ignore[return-value]
+
+
 def axis_table(length: int, extent: Extent, dilation: int = 1, inward: bool = True) -> torch.Tensor:
     """(length, length) bool: may a query at position q see a key at position k along one axis."""
     pos = torch.arange(length)
@@ -191,9 +197,7 @@ class WindowPlan:
         """Per-axis (L, L) bool tables of a token-level window on the layout's grid (frames, rows, cols)."""
         if self.pattern.tile_aligned:
             raise ValueError("axis_tables is for token-level windows; tile_aligned=True counts whole tiles")
-        pattern = self.pattern
-        fitted = pattern.fitted_extents(self.layout.grid)
-        return tuple(axis_table(n, e, r, pattern.inward) for n, e, r in zip(self.layout.grid, fitted, pattern.dilation))  # type: ignore[return-value]
+        return _axis_tables(self.layout.grid, self.pattern)
 
     def token_density(self) -> float:
         """Share of (video query, video key) pairs allowed: the window volume over the grid (exact, per axis)."""
@@ -392,7 +396,7 @@ def window_plan(layout: VideoLayout, pattern: WindowPattern, device: torch.devic
     pos = torch.arange(n, device=device)
     video, text, t, h, w = coords(pos)
     fitted = pattern.fitted_extents(layout.grid)
-    tables = [axis_table(length, ext, r, pattern.inward) for length, ext, r in zip(layout.grid, fitted, pattern.dilation)]
+    tables = _axis_tables(layout.grid, pattern)
     dense_axis = [ext is None or r == 1 for ext, r in zip(fitted, pattern.dilation)]
     boxes = _boxes(pos[video] // bs, t[video], h[video], w[video])
     touched, contained = _tiles_from_boxes(boxes, boxes, tables, dense_axis, blocks)

@@ -156,8 +156,7 @@ def _rows_apply(query: torch.Tensor, wplan: WindowPlan, key_valid: torch.Tensor 
         wplan.memo["rows_apply"] = same_key_frame_count(wplan.axis_tables()[0])
     if not wplan.memo["rows_apply"]:
         return False
-    video = slice(wplan.layout.video_start, wplan.layout.video_start + wplan.layout.video_tokens)
-    return key_valid is None or bool(key_valid[:, video].all())
+    return key_valid is None or bool(key_valid[:, wplan.layout.video_slice].all())
 
 
 class WindowAttnProcessor(MethodAttnProcessor):
