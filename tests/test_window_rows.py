@@ -123,6 +123,8 @@ def test_auto_takes_rows_on_the_cpu_where_it_applies():
     assert not _rows_apply(q, truncated, None)
     with pytest.raises(ValueError, match="same number of key frames"):
         window_attention(q, k, v, truncated, None, backend="rows")
+    with pytest.raises(ValueError, match="same B, H, N"):
+        window_attention(q, k[:, :1], v, wplan, None, backend="rows")
     with pytest.raises(ValueError, match="band_rows must be a positive int"):
         row_bands(*wplan.axis_tables(), band_rows=0)
     sta = window_plan(layout, WindowPattern(window_extents((1, 1, 1)), block_size=16, tile=(1, 4, 4), tile_aligned=True))

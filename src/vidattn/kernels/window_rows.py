@@ -107,10 +107,12 @@ def row_band_attention(
     """Window attention of (B, H, N, D) CPU tensors in ``layout``'s natural token order (text dense); differentiable.
 
     ``key_valid`` (B|1, N) may mask text keys only (diffusers' encoder attention mask); a masked video key is refused."""
-    batch, heads, n, dim = query.shape
     if query.device.type != "cpu":
         raise ValueError(f"backend='rows' runs on the CPU only, got device {query.device}; use 'flex' or 'auto' there")
-    if n != layout.total_tokens or key.shape[-2] != n or layout.grid != schedule.grid:
+    if query.ndim != 4 or key.shape != query.shape or value.shape[:-1] != query.shape[:-1]:
+        raise ValueError(f"backend='rows': query, key, value must be (B, H, N, D) with the same B, H, N (and query/key D), got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    batch, _, n, dim = query.shape
+    if n != layout.total_tokens or layout.grid != schedule.grid:
         raise ValueError(f"backend='rows': schedule for grid {schedule.grid} with {layout.total_tokens} tokens, got {n} queries, {key.shape[-2]} keys, grid {layout.grid}")
     key_valid = check_key_valid(key_valid, batch, n)
     if key_valid is not None and not bool(key_valid[:, layout.video_slice].all()):
