@@ -99,7 +99,7 @@ def test_sta_on_groups_equals_the_naive_rule_in_bf16_and_f32():
 
 def test_auto_takes_groups_where_query_tiles_share_key_sets():
     q = torch.randn(1, 1, 8, 4)
-    layout = VideoLayout(6, 16, 16)
+    layout = VideoLayout(6, 16, 24)  # 2,304 tokens: past DENSE_MAX_MASK, where auto runs short sequences as SDPA
     sta = window_plan(layout, WindowPattern(window_extents(size=(3, 3, 3)), block_size=32, tile=(1, 4, 8), tile_aligned=True)).plan
     radial = radial_plan(layout, RadialPattern(decay=0.2, block_size=32))
     assert tiles_per_group(sta) >= 3 > tiles_per_group(radial)

@@ -101,6 +101,65 @@ def test_full_plan_is_dense_attention():
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
+def test_auto_runs_a_plan_keeping_every_tile_as_key_masked_sdpa():
+    """A plan that keeps every tile is dense attention: auto runs SDPA with the key mask at any length (here past
+    DENSE_MAX_MASK); a batch element without any valid key gets zeros, as on every backend."""
+    from vidattn.kernels import resolve_backend
+    from vidattn.kernels.block_sparse import DENSE_MAX_MASK
+
+    n = 2100
+    assert n * n > DENSE_MAX_MASK
+    plan = full_plan(n, 128)
+    q, k, v = qkv(2, 2, n, 8, seed=6, grad=True)
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[0, 1500:] = False
+    key_valid[1] = False
+    for dtype in (torch.float32, torch.bfloat16):
+        assert resolve_backend("auto", q.to(dtype), plan) == "dense"
+    causal = BlockPlan(plan.tiles, 128, n, token_mask=lambda b, h, qi, ki: ki <= qi)
+    assert resolve_backend("auto", q.detach(), causal) == "flex"
+    expected = masked_sdpa(q, k, v, key_valid.view(2, 1, 1, n)).nan_to_num(0.0)  # some SDPA kernels give NaN where no key is valid
+    out = block_sparse_attention(q, k, v, plan, key_valid)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert out[1].abs().max() == 0
+    out.sum().backward()  # differentiable
+    assert all(t.grad is not None and t.grad.isfinite().all() for t in (q, k, v))
+    with torch.no_grad():
+        torch.testing.assert_close(block_sparse_attention(q, k, v, plan), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_auto_runs_short_cpu_sequences_as_sdpa_with_the_memoised_plan_mask(dtype):
+    """Up to DENSE_MAX_MASK mask entries auto runs SDPA with the plan's additive mask (built once per device and
+    dtype, memoised on the plan), forward and backward, against the naive radial tiles; longer plans do not."""
+    from vidattn.kernels import resolve_backend
+
+    layout = VideoLayout(9, 8, 8)
+    plan = radial_plan(layout, RadialPattern(decay=0.4, block_size=16, decimation=16))
+    n = layout.total_tokens
+    q, k, v = (t.to(dtype).detach().requires_grad_() for t in qkv(2, 2, n, 16, seed=7))
+    key_valid = torch.ones(2, n, dtype=torch.bool)
+    key_valid[1, 500:] = False
+    assert plan.tile_density < 0.8 and resolve_backend("auto", q, plan) == "dense"
+    naive = naive_radial_tiles(layout, 0.4, 16, sink=True, decimation=16).view(1, 1, *plan.tiles.shape[-2:])
+    mask = expand_tiles(naive, 16, n) & key_valid.view(2, 1, 1, n)
+    reference = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = masked_sdpa(*reference, mask)
+    grad_out = torch.randn(2, 2, n, 16, dtype=torch.float64)
+    (expected * grad_out).sum().backward()
+    for _ in range(2):  # the second call reads the memoised mask
+        out = block_sparse_attention(q, k, v, plan, key_valid)
+    assert [key for key in plan.memo if key[0] == "additive_mask"] == [("additive_mask", "cpu", dtype)]
+    (out * grad_out.to(dtype)).sum().backward()
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    for t, r in zip((q, k, v), reference):
+        torch.testing.assert_close(t.grad.double() / 2, r.grad / 2, **tol)
+    long = radial_plan(VideoLayout(9, 16, 16), RadialPattern(decay=0.2, block_size=64))
+    with torch.no_grad():
+        assert resolve_backend("auto", torch.zeros(1, 1, long.seq_len, 8), long) == "segments"
+
+
 def test_plan_shape_is_checked():
     with pytest.raises(ValueError, match="tiles"):
         BlockPlan(torch.ones(1, 1, 3, 3, dtype=torch.bool), 16, 64)

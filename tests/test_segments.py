@@ -152,9 +152,11 @@ def test_token_mask_plans_are_refused():
 
 def test_auto_rule():
     tiles = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()  # distinct rows: nothing for groups to share
-    plain = BlockPlan(tiles, 8, 32)
-    masked = BlockPlan(tiles, 8, 32, token_mask=lambda b, h, qi, ki: ki <= qi)
-    q = torch.randn(1, 1, 32, 8, requires_grad=True)
+    n = 4096  # past DENSE_MAX_MASK: a short sequence runs as SDPA with the plan's mask
+    plain = BlockPlan(tiles, n // 4, n)
+    masked = BlockPlan(tiles, n // 4, n, token_mask=lambda b, h, qi, ki: ki <= qi)
+    q = torch.randn(1, 1, n, 8, requires_grad=True)
+    assert resolve_backend("auto", q[:, :, :32], BlockPlan(tiles, 8, 32)) == "dense"
     assert resolve_backend("auto", q, plain) == "segments"  # CPU training
     assert resolve_backend("auto", q, masked) == "gather"
     assert resolve_backend("auto", q.detach().bfloat16().requires_grad_(), plain) == "segments"  # bf16 training

@@ -6,7 +6,9 @@
   merged by log-sum-exp (kernels/segments.py); realises the sparsity forward and backward.
 * ``groups`` CPU, plans without a token mask whose query tiles share key sets (STA): one fused SDPA call per group
   on gathered tokens, padding dropped (kernels/groups.py); forward and backward.
-* ``dense``  SDPA with the explicit token-level boolean mask: the exact reference.
+* ``dense``  SDPA with the plan's explicit token-level mask: the exact reference, and on the CPU the fastest path for
+  short sequences (``auto`` up to DENSE_MAX_MASK mask entries, the mask memoised on the plan); a plan that keeps every tile
+  needs only the key mask (``auto`` runs such a plan so on every device).
 
 ``ranges`` (kernels/range_select.py) runs a per-query selection of contiguous key ranges, not a BlockPlan: the
 methods that have one (VMoBA) call it themselves; ``resolve_backend(..., ranges=True)`` names it.
@@ -20,22 +22,29 @@ import torch
 import torch.nn.functional as F
 
 from ..patterns.plan import BlockPlan
+from .dense import key_masked_attention
 from .flex import flex_plan_attention, sorted_indices
 from .groups import GROUP_MIN_TILES, grouped_attention, tiles_per_group
 from .segments import segment_attention
 
 BACKENDS = ("auto", "flex", "gather", "segments", "groups", "dense")
+# Up to a mask of this many entries (2,048 tokens with one tile matrix; 16 MB in f32) ``auto`` runs a CPU plan as
+# SDPA with its additive mask, memoised on the plan. Measured at radial plans, 2-4 heads, two threads
+# (docs/benchmarks.md): 320 tokens 0.12-0.22 ms vs 0.4-1.0 ms on segments/flex, 576 tokens 0.4-0.5 vs 0.9-1.6 ms,
+# 2,304 tokens 5.8-16 vs 8.7-19 ms; at 4,992 tokens the sparse kernels win.
+DENSE_MAX_MASK = 2048 * 2048
 # Methods whose plan is a per-query choice of contiguous key ranges (VMoBA) can also run ``ranges``
 # (kernels/range_select.py, CPU only); ``segments`` never applies to them (their plans carry a token mask).
 RANGE_BACKENDS = ("auto", "flex", "gather", "dense", "ranges")
 
 
 def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = None, ranges: bool = False) -> str:
-    """``auto``: on the CPU, ``ranges`` where the caller can run it (``ranges=True``: VMoBA; measured fastest for
-    inference and training), else for plans without a token mask ``groups`` where query tiles share their key sets
-    (GROUP_MIN_TILES: STA), else ``segments`` (measured fastest for training and f32 inference; bf16 inference stays
-    on flex; docs/benchmarks.md); otherwise FlexAttention, except where it has no backward (CPU training) -> gather.
-    Without ``plan`` a token mask is assumed possible."""
+    """``auto``: ``dense`` for a plan that keeps every tile (it is dense attention) and, on the CPU, for a plan whose
+    mask has at most DENSE_MAX_MASK entries (:func:`runs_dense`); else on the CPU ``ranges`` where the caller can run
+    it (``ranges=True``: VMoBA; measured fastest for inference and training), else for plans without a token mask
+    ``groups`` where query tiles share their key sets (GROUP_MIN_TILES: STA), else ``segments`` (measured fastest
+    for training and f32 inference; bf16 inference stays on flex; docs/benchmarks.md); otherwise FlexAttention,
+    except where it has no backward (CPU training) -> gather. Without ``plan`` a token mask is assumed possible."""
     allowed = RANGE_BACKENDS if ranges else BACKENDS
     if backend not in allowed:
         raise ValueError(f"backend must be one of {allowed}, got {backend!r}")
@@ -43,6 +52,8 @@ def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = 
         raise ValueError(f"backend='ranges' runs on the CPU only, got device {query.device}; use 'flex' or 'auto' there")
     if backend != "auto":
         return backend
+    if plan is not None and runs_dense(plan, query):
+        return "dense"
     if ranges and query.device.type == "cpu":
         return "ranges"
     training = torch.is_grad_enabled() and query.requires_grad
@@ -54,6 +65,15 @@ def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = 
     if query.device.type == "cpu" and training:
         return "gather"
     return "flex"
+
+
+def runs_dense(plan: BlockPlan, query: torch.Tensor) -> bool:
+    """``auto``'s choice of ``dense``: a plan that keeps every tile, or a short sequence on the CPU."""
+    return plan.keeps_everything or (query.device.type == "cpu" and _mask_entries(plan) <= DENSE_MAX_MASK)
+
+
+def _mask_entries(plan: BlockPlan) -> int:
+    return plan.tiles.shape[0] * plan.tiles.shape[1] * plan.seq_len**2
 
 
 def _groups_pay(plan: BlockPlan) -> bool:
@@ -89,9 +109,27 @@ def block_sparse_attention(
         return grouped_attention(query, key, value, plan, key_valid, scale)
     if backend == "gather":
         return _gather(query, key, value, plan, key_valid, scale, gather_chunk)
-    mask = dense_token_mask(plan, key_valid, query.device)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-    return out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    if plan.keeps_everything:
+        return key_masked_attention(query, key, value, key_valid, scale)
+    bias, has_key = _additive_mask(plan, query.device, query.dtype)
+    if key_valid is not None:
+        bias = bias.masked_fill(~key_valid.to(query.device, torch.bool)[:, None, None, :], float("-inf"))
+        has_key = bias.isfinite().any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+    return out.masked_fill(~has_key, 0.0)
+
+
+def _additive_mask(plan: BlockPlan, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan's (B|1, H|1, N, N) mask as 0 / -inf in ``dtype`` and its (.., N, 1) rows that allow a key; memoised
+    on the plan up to DENSE_MAX_MASK entries."""
+    memo_key = ("additive_mask", str(device), dtype)
+    found = plan.memo.get(memo_key)
+    if found is None:
+        allowed = dense_token_mask(plan, None, device)
+        found = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf")), allowed.any(-1, keepdim=True)
+        if _mask_entries(plan) <= DENSE_MAX_MASK:
+            plan.memo[memo_key] = found
+    return found
 
 
 def plan_token_mask(plan: BlockPlan, b, h, q_idx, kv_idx) -> torch.Tensor:

@@ -58,6 +58,13 @@ class BlockPlan:
         return self.tiles.float().mean().item()
 
     @property
+    def keeps_everything(self) -> bool:
+        """Every tile kept, no token mask, no padding key: the plan is dense attention (checked once, memoised)."""
+        if "keeps_everything" not in self.memo:
+            self.memo["keeps_everything"] = self.token_mask is None and self.real_keys is None and bool(self.tiles.all())
+        return self.memo["keeps_everything"]
+
+    @property
     def sparsity(self) -> float:
         return 1.0 - self.tile_density
 

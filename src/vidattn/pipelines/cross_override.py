@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
 from ..layout import VideoLayout
+from ..kernels.dense import key_masked_attention
 from ..opaque import OpHandle
 from ..processors.base import VideoAttnProcessor
 from ..processors.compiled import compiled_attention, owner_call
@@ -141,9 +141,8 @@ class FullAttnProcessor(VideoAttnProcessor):
         self.scale_factor = float(scale_factor)
 
     def attend(self, query, key, value, layout: VideoLayout, key_valid, family):
-        mask = None if key_valid is None else key_valid[:, None, None, :]
         scale = None if self.scale_factor == 1.0 else self.scale_factor / math.sqrt(query.shape[-1])
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+        return key_masked_attention(query, key, value, key_valid, scale)
 
 
 def freeswim_scale_factor(base_tokens: int) -> float:

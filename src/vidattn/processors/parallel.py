@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from ..kernels.dense import key_masked_attention
 from ..layout import VideoLayout
 from .families import ProjectedCall
 
@@ -168,8 +168,7 @@ def _gather_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 def dense_attend(query, key, value, layout, key_valid, family) -> torch.Tensor:
     """Exact dense attention (SDPA with the key mask) for dense warm-up steps/layers under context parallelism."""
-    mask = None if key_valid is None else key_valid[:, None, None, :].to(query.device)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return key_masked_attention(query, key, value, key_valid)
 
 
 def ulysses_attend(

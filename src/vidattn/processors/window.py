@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..checks import check_int, check_number
 from ..kernels import BACKENDS, block_sparse_attention
+from ..kernels.block_sparse import runs_dense
+from ..kernels.dense import key_masked_attention
 from ..kernels.reordered import block_sparse_attention_in_order
 from ..kernels.window_rows import RowBands, row_band_attention, row_bands, same_key_frame_count
 from ..layout import VideoLayout
@@ -123,13 +124,13 @@ def window_attention(
 
     ``backend="rows"`` (and ``auto`` on the CPU where it applies) runs token-level windows in bands of query rows
     (kernels/window_rows.py) in the natural order; the other backends run the plan's tiles. ``auto`` runs a window
-    that covers the grid as what it is, dense SDPA."""
+    that covers the grid as what it is, dense SDPA, and a short sequence on the CPU as SDPA with the plan's mask
+    (kernels.block_sparse.runs_dense)."""
     if backend not in WINDOW_BACKENDS:
         raise ValueError(f"backend must be one of {WINDOW_BACKENDS}, got {backend!r}")
     if backend == "auto" and wplan.covers_grid:
-        mask = None if key_valid is None else key_valid[:, None, None, :].to(query.device)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-    if backend == "rows" or (backend == "auto" and _rows_apply(query, wplan, key_valid)):
+        return key_masked_attention(query, key, value, key_valid, scale)
+    if backend == "rows" or (backend == "auto" and not runs_dense(wplan.plan, query) and _rows_apply(query, wplan, key_valid)):
         return row_band_attention(query, key, value, row_schedule(wplan), wplan.layout, key_valid, scale)
     if wplan.order is None:
         return block_sparse_attention(query, key, value, wplan.plan, key_valid, backend=backend, scale=scale)
