@@ -135,8 +135,9 @@ def test_empty_ranges_and_no_ranges():
 
 
 def test_resolve_backend_rule():
-    q = torch.randn(1, 1, 4, 8)
+    q = torch.randn(1, 1, 2100, 8)  # past DENSE_MAX_MASK
     assert "ranges" in RANGE_BACKENDS and "segments" not in RANGE_BACKENDS
+    assert resolve_backend("auto", q[:, :, :4], ranges=True) == "dense"  # a short sequence: SDPA with the mask
     assert resolve_backend("auto", q, ranges=True) == "ranges"  # CPU inference
     assert resolve_backend("auto", q.bfloat16(), ranges=True) == "ranges"
     assert resolve_backend("auto", q.requires_grad_(), ranges=True) == "ranges"  # CPU training

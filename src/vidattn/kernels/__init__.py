@@ -5,7 +5,8 @@ reference).
 * a plan that keeps every tile -> ``dense`` (SDPA with the key mask), on every device: it is dense attention.
 * CPU, a plan whose mask has at most DENSE_MAX_MASK entries (2,048 tokens) -> ``dense``, SDPA with the plan's additive
   mask memoised on the plan: at a few hundred tokens every sparse kernel costs 3-6x SDPA's time in per-call work
-  (radial 5x8x8, 320 tokens: 0.12-0.22 ms vs 0.4-1.0 ms), and the windows go there too before ``rows``.
+  (radial 5x8x8, 320 tokens: 0.12-0.22 ms vs 0.4-1.0 ms); windows go there before ``rows``, and VMoBA (B x H x N^2
+  entries) runs SDPA with its selection's mask instead of ``ranges``.
 * CPU, plan without a token mask, training (any dtype) or inference in f32 (any dtype but bf16) -> ``segments``. Two threads, load ~1.5:
   forward f32 2.24x dense SDPA (flex 1.16x), backward f32 2.41x; bf16 backward 1.58x (load ~1, paired strips);
   one thread, CPU time, load ~3: forward f32 2.76x (flex 1.60x), backward f32 2.45x, bf16 1.57-1.88x (flex has

@@ -54,8 +54,8 @@ def resolve_backend(backend: str, query: torch.Tensor, plan: BlockPlan | None = 
         return backend
     if plan is not None and runs_dense(plan, query):
         return "dense"
-    if ranges and query.device.type == "cpu":
-        return "ranges"
+    if ranges and query.device.type == "cpu":  # a per-(batch, head) selection: its mask has B x H x N^2 entries
+        return "dense" if query.shape[0] * query.shape[1] * query.shape[-2] ** 2 <= DENSE_MAX_MASK else "ranges"
     training = torch.is_grad_enabled() and query.requires_grad
     if query.device.type == "cpu" and plan is not None and plan.token_mask is None:
         if _groups_pay(plan):

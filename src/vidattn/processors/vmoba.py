@@ -9,6 +9,7 @@ import torch
 
 from ..checks import check_bool, check_choice, check_int
 from ..kernels import RANGE_BACKENDS, block_sparse_attention, range_select_attention, resolve_backend
+from ..kernels.range_select import range_select_reference
 from ..kernels.reordered import block_sparse_attention_in_order
 from ..layout import VideoLayout
 from ..patterns.vmoba import (
@@ -39,9 +40,10 @@ class VMoBAConfig(MethodConfig):
     stock processor (the official code's ``first_sparse_layer`` is ``dense_layers``). ``topk`` (for
     ``select_mode="topk"``) is one int or one per kind (1d, 2d, 3d).
 
-    ``backend``: ``auto`` runs ``ranges`` on the CPU (the selection itself, no tiles: kernels/range_select.py) and
-    FlexAttention elsewhere; ``flex``, ``gather`` (differentiable anywhere) and ``dense`` (the reference) run the tile
-    plan with its token mask.
+    ``backend``: ``auto`` runs ``ranges`` on the CPU (the selection itself, no tiles: kernels/range_select.py), there
+    ``dense`` for short sequences (kernels.block_sparse.DENSE_MAX_MASK), and FlexAttention elsewhere; ``dense`` (the
+    reference) is SDPA with the selection's token mask; ``flex`` and ``gather`` (differentiable anywhere) run the
+    tile plan with its token mask.
     """
 
     backends: ClassVar[tuple[str, ...]] = RANGE_BACKENDS
@@ -110,8 +112,9 @@ def attention_with_plan(
     """Attention of original-order (B, H, N, D) tensors under a VMoBA plan: permute, block-sparse kernel, unpermute
     (``backend="ranges"``: the plan's selection on the range kernel, its tiles unused)."""
     part = vplan.partition
-    if resolve_backend(backend, query, vplan.plan, ranges=True) == "ranges":
-        return attention_with_selection(query, key, value, vplan.selection, part, key_valid, scale)
+    resolved = resolve_backend(backend, query, vplan.plan, ranges=True)
+    if resolved in ("ranges", "dense"):
+        return attention_with_selection(query, key, value, vplan.selection, part, key_valid, scale, reference=resolved == "dense")
     if part.identity and vplan.query_order is None:
         return block_sparse_attention(query, key, value, vplan.plan, key_valid, backend=backend, scale=scale)
     return block_sparse_attention_in_order(
@@ -127,17 +130,20 @@ def attention_with_selection(
     partition: Partition,
     key_valid: torch.Tensor | None = None,
     scale: float | None = None,
+    reference: bool = False,
 ) -> torch.Tensor:
-    """Attention of original-order (B, H, N, D) tensors under a (B, H, S, C) selection on the CPU range kernel:
-    keys/values (and ``key_valid``) go to partition order, where each block is one contiguous range; queries stay
-    in place (the kernel gathers them by index), so the output needs no unpermuting."""
+    """Attention of original-order (B, H, N, D) tensors under a (B, H, S, C) selection on the CPU range kernel
+    (``reference``: SDPA with the selection's explicit token mask, any device): keys/values (and ``key_valid``) go
+    to partition order, where each block is one contiguous range; queries stay in place (the kernel gathers them by
+    index), so the output needs no unpermuting."""
     if not partition.identity:
         order = partition.perm.to(query.device)
         key, value = (x.index_select(-2, order) for x in (key, value))
         if key_valid is not None:
             key_valid = key_valid.index_select(-1, order.to(key_valid.device))
     columns = selection_columns(selection, partition)
-    return range_select_attention(query, key, value, columns, block_ranges(partition), key_valid, scale)
+    kernel = range_select_reference if reference else range_select_attention
+    return kernel(query, key, value, columns, block_ranges(partition), key_valid, scale)
 
 
 class VMoBAAttnProcessor(MethodAttnProcessor):
@@ -170,7 +176,9 @@ class VMoBAAttnProcessor(MethodAttnProcessor):
         return vmoba_selection(query, key, self.partition(layout, query.device), c.select_mode, c.threshold_type, c.threshold, c.topk_for(self.kind))
 
     def attend(self, query, key, value, layout, key_valid, family):
-        if resolve_backend(self.config.backend, query, ranges=True) == "ranges":
+        resolved = resolve_backend(self.config.backend, query, ranges=True)
+        if resolved in ("ranges", "dense"):  # dense: SDPA with the selection's token mask (no tile plan needed)
             part = self.partition(layout, query.device)
-            return attention_with_selection(query, key, value, self.selection(query, key, layout), part, key_valid)
+            selection = self.selection(query, key, layout)
+            return attention_with_selection(query, key, value, selection, part, key_valid, reference=resolved == "dense")
         return attention_with_plan(query, key, value, self.plan(query, key, layout, family), key_valid, self.config.backend)
