@@ -17,7 +17,13 @@ from vidattn.layout import VideoLayout
 from vidattn.patterns.radial import RadialPattern, radial_plan
 
 # (grid, block size, heads, head dim): the default model's grid and a few sizes past it
-CASES = [((5, 8, 8), 32, 2, 32), ((5, 8, 8), 16, 2, 32), ((9, 8, 8), 16, 2, 32), ((9, 16, 16), 32, 2, 64), ((13, 16, 24), 64, 4, 64)]
+CASES = [
+    ((5, 8, 8), 32, 2, 32),
+    ((5, 8, 8), 16, 2, 32),
+    ((9, 8, 8), 16, 2, 32),
+    ((9, 16, 16), 32, 2, 64),
+    ((13, 16, 24), 64, 4, 64),
+]
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -43,7 +49,8 @@ def main() -> None:
             repeats = args.repeats if layout.total_tokens < 3000 else max(3, args.repeats // 4)
             with torch.no_grad():
                 times = [best_ms(lambda: F.scaled_dot_product_attention(q, k, v), repeats)]
-                times += [best_ms(lambda b=b: block_sparse_attention(q, k, v, plan, backend=b), repeats) for b in ("dense", "segments", "flex")]
+                for backend in ("dense", "segments", "flex"):
+                    times.append(best_ms(lambda b=backend: block_sparse_attention(q, k, v, plan, backend=b), repeats))
             cells = " | ".join(f"{t:.2f}" for t in times)
             print(f"{layout} ({layout.total_tokens}), {block}, {heads} x {dim} | {str(dtype)[6:]} | {cells}", flush=True)
 

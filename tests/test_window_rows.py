@@ -103,6 +103,18 @@ def test_bf16_is_close_to_the_f32_reference():
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
+def test_auto_runs_short_sequences_as_sdpa_with_the_mask_and_longer_ones_on_rows():
+    """Up to DENSE_MAX_MASK entries auto runs the plan on ``dense`` (SDPA with its mask), past that on ``rows``."""
+    for grid, expected in (((3, 8, 16), "dense"), ((3, 24, 32), "rows")):  # 384 and 2,304 tokens
+        layout = VideoLayout(*grid)
+        wplan = WindowAttnProcessor(window=(1, 2, 3), tile=None, block_size=16).window_plan(layout)
+        q, k, v = (torch.randn(1, 1, layout.total_tokens, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+        auto = window_attention(q, k, v, wplan)
+        assert torch.equal(auto, window_attention(q, k, v, wplan, backend=expected))
+        reference = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_mask(layout, window_extents((1, 2, 3))))
+        torch.testing.assert_close(auto, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_auto_takes_rows_on_the_cpu_where_it_applies():
     layout = VideoLayout(5, 6, 7, 3, "after")
     proc = WindowAttnProcessor(window=(1, 2, 3), tile=None, block_size=16)

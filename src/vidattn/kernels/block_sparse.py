@@ -7,8 +7,8 @@
 * ``groups`` CPU, plans without a token mask whose query tiles share key sets (STA): one fused SDPA call per group
   on gathered tokens, padding dropped (kernels/groups.py); forward and backward.
 * ``dense``  SDPA with the plan's explicit token-level mask: the exact reference, and on the CPU the fastest path for
-  short sequences (``auto`` up to DENSE_MAX_MASK mask entries, the mask memoised on the plan); a plan that keeps every tile
-  needs only the key mask (``auto`` runs such a plan so on every device).
+  short sequences (``auto`` up to DENSE_MAX_MASK mask entries, the mask memoised on the plan); a plan that keeps
+  every tile needs only the key mask (``auto`` runs such a plan so on every device).
 
 ``ranges`` (kernels/range_select.py) runs a per-query selection of contiguous key ranges, not a BlockPlan: the
 methods that have one (VMoBA) call it themselves; ``resolve_backend(..., ranges=True)`` names it.
@@ -126,7 +126,8 @@ def _additive_mask(plan: BlockPlan, device: torch.device, dtype: torch.dtype) ->
     found = plan.memo.get(memo_key)
     if found is None:
         allowed = dense_token_mask(plan, None, device)
-        found = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf")), allowed.any(-1, keepdim=True)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        found = bias, allowed.any(-1, keepdim=True)
         if _mask_entries(plan) <= DENSE_MAX_MASK:
             plan.memo[memo_key] = found
     return found

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 
 
 def key_masked_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_valid: torch.Tensor | None = None, scale: float | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """SDPA of (B, H, N, D) tensors where each query sees the keys ``key_valid`` (B|1, Nk) allows (None: all).
 

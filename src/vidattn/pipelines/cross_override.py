@@ -18,8 +18,8 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from ..checks import check_bool, check_choice, check_int, check_number
 from ..context import AttentionContext
-from ..layout import VideoLayout
 from ..kernels.dense import key_masked_attention
+from ..layout import VideoLayout
 from ..opaque import OpHandle
 from ..processors.base import VideoAttnProcessor
 from ..processors.compiled import compiled_attention, owner_call
