@@ -31,7 +31,8 @@ BACKENDS = ("auto", "flex", "gather", "segments", "groups", "dense")
 # Up to a mask of this many entries (2,048 tokens with one tile matrix; 16 MB in f32) ``auto`` runs a CPU plan as
 # SDPA with its additive mask, memoised on the plan. Measured at radial plans, 2-4 heads, two threads
 # (docs/benchmarks.md): 320 tokens 0.12-0.22 ms vs 0.4-1.0 ms on segments/flex, 576 tokens 0.4-0.5 vs 0.9-1.6 ms,
-# 2,304 tokens 5.8-16 vs 8.7-19 ms; at 4,992 tokens the sparse kernels win.
+# 2,304 tokens 5.8-16 vs 8.7-19 ms; at 4,992 tokens the sparse kernels win. A plan holds one such mask per device and
+# dtype it runs in (a processor's plan cache keeps at most 64 plans, one per grid and method setting).
 DENSE_MAX_MASK = 2048 * 2048
 # Methods whose plan is a per-query choice of contiguous key ranges (VMoBA) can also run ``ranges``
 # (kernels/range_select.py, CPU only); ``segments`` never applies to them (their plans carry a token mask).
