@@ -109,6 +109,15 @@ def test_spent_recompile_budget_raises_instead_of_falling_back():
         flex_plan_attention(q, k, v, plan, None, 0.25, compiled=compile_flex(recompile_limit=0))
 
 
+def test_compile_flex_without_its_own_budget_still_computes_the_plan():
+    """Older torch (no recompile_limit / isolate_recompiles in torch.compile): the wrapper is compiled without them
+    and gives the plan's attention (here on this torch, through the same branch)."""
+    plan = radial(VideoLayout(4, 6, 10))
+    q, k, v = qkv(1, 2, plan.seq_len, seed=9)
+    out = flex_plan_attention(q, k, v, plan, None, 0.3, compiled=compile_flex(own_budget=False))
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, plan, backend="dense", scale=0.3), atol=1e-5, rtol=1e-5)
+
+
 def test_compiled_flex_with_per_head_tiles_and_batch_token_mask():
     """The two-table mask_mod (per-head tiles, no merged table) and the per-batch offset, compiled."""
     plan = per_batch_plan()

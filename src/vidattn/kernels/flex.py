@@ -11,6 +11,8 @@ and bucket then share one compiled kernel (spec flex_compile.md section 1). See 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch._dynamo.exc import FailOnRecompileLimitHit
@@ -27,14 +29,21 @@ class FlexRecompileLimitError(RuntimeError):
     """vidattn's compiled FlexAttention would need more compiled variants than its budget."""
 
 
-def compile_flex(recompile_limit: int = FLEX_RECOMPILE_LIMIT):
+# torch >= 2.13: torch.compile takes a budget of its own (``recompile_limit`` with ``isolate_recompiles``).
+COMPILE_HAS_BUDGET = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def compile_flex(recompile_limit: int = FLEX_RECOMPILE_LIMIT, own_budget: bool = COMPILE_HAS_BUDGET):
     """``flex_attention`` compiled for static shapes with an isolated budget of ``recompile_limit`` variants.
 
     ``fullgraph=True`` makes a hit of the budget (or any graph break) raise instead of running eagerly. Static
     shapes, not ``dynamic=True``: on torch 2.13 the CPU flex template miscompiles symbolic sizes in a mask_mod
-    that indexes tables (``cur_kvSplitSize8 was not declared``), so lengths are bucketed instead.
+    that indexes tables (``cur_kvSplitSize8 was not declared``), so lengths are bucketed instead. Older torch
+    (``own_budget`` False) has no per-wrapper budget: every wrapper of ``flex_attention`` shares torch's
+    ``torch._dynamo.config.recompile_limit`` (8 by default), which vidattn leaves to the application.
     """
-    return torch.compile(flex_attention, dynamic=False, fullgraph=True, recompile_limit=recompile_limit, isolate_recompiles=True)
+    budget = dict(recompile_limit=recompile_limit, isolate_recompiles=True) if own_budget else {}
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True, **budget)
 
 
 # torch.compile is lazy: nothing is compiled before the first call, and the compiled code lives in torch's cache.
