@@ -463,3 +463,16 @@ def test_frame_lines_only_where_the_token_order_keeps_frames():
     across = within.clone()
     across[[3, 4]] = across[[4, 3]]  # a token of frame 1 at a position of frame 0
     assert not frames_in_place(across, layout)
+
+
+def test_best_times_interleaved_runs_the_calls_in_turn():
+    """One warm-up call each, then rounds that run every call in turn (the demo's attention-alone timing)."""
+    import torch
+
+    from vidattn.benchmarking import best_times_interleaved
+
+    log = []
+    calls = {"dense": lambda: log.append("dense"), "sparse": lambda: log.append("sparse")}
+    best = best_times_interleaved(calls, 2, torch.device("cpu"))
+    assert log == ["dense", "sparse"] * 3
+    assert set(best) == {"dense", "sparse"} and all(0 <= t < 1 for t in best.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,31 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> t
     out = fn()
     best = math.inf
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        seconds, out = _timed(fn, device)
+        best = min(best, seconds)
     return best, out
+
+
+def best_times_interleaved(calls: Mapping[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Best wall time of each call over ``rounds`` rounds that run every call in turn, after one warm-up call each:
+    a machine that slows down mid-run slows every call alike."""
+    for fn in calls.values():
+        fn()
+    best = dict.fromkeys(calls, math.inf)
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            best[name] = min(best[name], _timed(fn, device)[0])
+    return best
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
 
 
 def synthetic_qkv(layout: VideoLayout, heads: int, head_dim: int, smooth: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, ...]:

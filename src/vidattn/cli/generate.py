@@ -25,7 +25,8 @@ PIPELINES = ("text2video", "broadway", "freeswim", "streaming")
 EVAL_SECONDS_PER_PROMPT_STEP = 0.3
 # `demo --bench-grid`: dense attention of 2 heads on the CPU; Wan 480p (21x30x52) is 32,760 tokens.
 DEMO_BENCH_MAX_TOKENS = 80_000
-# Denoising at the default model's size takes ~0.1 s: the demo reports the best of this many runs per method.
+# Denoising at the default model's size takes ~0.1 s: the demo reports each method's best of this many
+# interleaved rounds.
 DEMO_REPEATS = 5
 
 
@@ -358,20 +359,28 @@ def check_demo(args) -> dict:
 def cmd_demo(args) -> None:
     import numpy as np
 
+    from ..evaluation import generate
     from ..metrics.fidelity import ssim
     from ..metrics.prompt_accuracy import parse_caption, recover
 
     params = check_demo(args)
     pipe = load_pipeline(args.model)
     out = Path(args.out)
+    methods = (("dense", {}), (args.method, params))
+    settings = dict(frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
+                    max_sequence_length=_text_tokens(args))
+    best = {method: float("inf") for method, _ in methods}
+    for _ in range(DEMO_REPEATS):  # interleaved rounds, so that a change in the machine's load hits both methods alike
+        for method, config in methods:
+            apply_method(pipe.transformer, method, **config)
+            generate(pipe, [args.prompt], args.seed, decode=False, **settings)  # warm-up: plans, FlexAttention's compile
+            best[method] = min(best[method], generate(pipe, [args.prompt], args.seed, decode=False, **settings)[1])
     results = {}
-    for method, settings in (("dense", {}), (args.method, params)):
-        apply_method(pipe.transformer, method, **settings)
-        generate = lambda repeats: generate_timed(pipe, args.prompt, args.frames, args.height, args.width, args.steps, args.guidance, args.seed, _text_tokens(args), repeats)  # noqa: E731
-        generate(1)  # warm-up: FlexAttention compiles on first use
-        frames, seconds = generate(DEMO_REPEATS)
-        write_mp4(frames, out / f"{method}.mp4")
-        results[method] = (frames, seconds)
+    for method, config in methods:
+        apply_method(pipe.transformer, method, **config)
+        videos, seconds = generate(pipe, [args.prompt], args.seed, **settings)
+        write_mp4(videos[0], out / f"{method}.mp4")
+        results[method] = (videos[0], min(best[method], seconds))
     (dense, dense_s), (sparse, sparse_s) = results["dense"], results[args.method]
     write_mp4(np.concatenate([dense, sparse], axis=2), out / "side_by_side.mp4")
     wanted = parse_caption(args.prompt)
@@ -389,7 +398,7 @@ def _demo_attention_bench(args) -> None:
     """At a few hundred tokens attention is a small share of the work; show the method where it is most of it."""
     import torch
 
-    from ..benchmarking import best_time, synthetic_qkv
+    from ..benchmarking import best_times_interleaved, synthetic_qkv
     from ..layout import VideoLayout
     from ..processors.registry import make_processor
 
@@ -399,10 +408,13 @@ def _demo_attention_bench(args) -> None:
     proc = make_processor(args.method, layout=layout, **{k: v for k, v in params.items() if k not in warm_up})
     qkv = synthetic_qkv(layout, heads=2, head_dim=128)
     print(f"attention alone at {layout} tokens ({layout.total_tokens:,}, 2 heads x 128, density {proc.density(*qkv[:2], layout, 'wan'):.2f}):")
-    for dtype in (torch.bfloat16, torch.float32):  # bf16 is what GPUs run; f32 is this CPU's slow path for sparse kernels
+    # bf16 is what GPUs run (best of 3 interleaved rounds: its calls take ~1-3 s); f32, this CPU's slow path, one round
+    for dtype, rounds in ((torch.bfloat16, 3), (torch.float32, 1)):
         q, k, v = (x.to(dtype) for x in qkv)
+        calls = {"dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                 "sparse": lambda: proc.attend(q, k, v, layout, None, "wan")}
         with torch.no_grad():
-            dense, _ = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 1, torch.device("cpu"))
-            sparse, _ = best_time(lambda: proc.attend(q, k, v, layout, None, "wan"), 1, torch.device("cpu"))
+            times = best_times_interleaved(calls, rounds, torch.device("cpu"))
+        dense, sparse = times["dense"], times["sparse"]
         name = str(dtype).replace("torch.", "")
         print(f"  {name:>8}: dense SDPA {dense:.2f} s, {args.method} {sparse:.2f} s ({dense / sparse:.2f}x)")

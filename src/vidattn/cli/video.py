@@ -30,17 +30,15 @@ def load_pipeline(model: str | None):
 
 
 def generate_timed(
-    pipe, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float, seed: int, text_tokens: int,
-    repeats: int = 1,
+    pipe, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float, seed: int, text_tokens: int
 ) -> tuple[np.ndarray, float]:
-    """Frames (F, H, W, 3) in [0, 1] and the seconds spent denoising (what attention changes; the VAE decode is
-    excluded): the best of ``repeats`` runs, all but the last without the decode (short runs are noisy)."""
+    """Frames (F, H, W, 3) in [0, 1] and the seconds spent denoising (what attention changes; the VAE decode is excluded)."""
     from ..evaluation import generate
 
-    settings = dict(frames=frames, height=height, width=width, steps=steps, guidance=guidance, max_sequence_length=text_tokens)
-    best = min((generate(pipe, [prompt], seed, decode=False, **settings)[1] for _ in range(repeats - 1)), default=float("inf"))
-    videos, seconds = generate(pipe, [prompt], seed, **settings)
-    return videos[0], min(best, seconds)
+    videos, seconds = generate(
+        pipe, [prompt], seed, frames=frames, height=height, width=width, steps=steps, guidance=guidance, max_sequence_length=text_tokens
+    )
+    return videos[0], seconds
 
 
 def write_mp4(frames: np.ndarray, path: Path | str, fps: int = 8) -> None:
