@@ -1,7 +1,7 @@
 """backend='rows' (kernels/window_rows.py): token-level windows in bands of query rows against frame-stacked key
 rows, against SDPA with the naive per-token window mask: forward and f64 gradients with text before/after, masked
 text keys (one batch element with none), shared and per-frame key frames, several band heights, masks built per
-call, passes over head chunks; bf16; auto's choice through the processor; refusals."""
+call, passes over head chunks, column blocks (and the default count); bf16; auto's choice through the processor; refusals."""
 
 import pytest
 import torch
@@ -29,21 +29,22 @@ def text_key_mask(layout: VideoLayout, batch: int) -> torch.Tensor:
     return valid
 
 
-CASES = [  # grid, half-widths, text, text position, band rows
-    ((5, 6, 7), (1, 2, 3), 0, "after", None),  # per-frame key frames, slid inward at the borders
-    ((5, 6, 7), (1, 2, 3), 0, "after", 4),  # a ragged last band
-    ((5, 6, 7), (None, 2, 1), 3, "after", 1),  # all frames: one shared key stack
-    ((4, 5, 9), (0, 1, 2), 4, "before", 2),  # one key frame, text first
-    ((6, 4, 5), (2, None, 1), 2, "before", None),  # whole rows
+CASES = [  # grid, half-widths, text, text position, band rows, column blocks
+    ((5, 6, 7), (1, 2, 3), 0, "after", None, None),  # per-frame key frames, slid inward at the borders
+    ((5, 6, 7), (1, 2, 3), 0, "after", 4, 3),  # a ragged last band, uneven column blocks
+    ((5, 6, 7), (None, 2, 1), 3, "after", 1, 7),  # all frames: one shared key stack; one column per block
+    ((4, 5, 9), (0, 1, 2), 4, "before", 2, 2),  # one key frame, text first
+    ((6, 4, 5), (2, None, 1), 2, "before", None, 1),  # whole rows
 ]
 
 
-@pytest.mark.parametrize("grid,window,text,position,band_rows", CASES)
-def test_rows_equal_masked_sdpa_forward_and_backward(grid, window, text, position, band_rows):
+@pytest.mark.parametrize("grid,window,text,position,band_rows,column_blocks", CASES)
+def test_rows_equal_masked_sdpa_forward_and_backward(grid, window, text, position, band_rows, column_blocks):
     layout = VideoLayout(*grid).with_text(text, position)
     extents = window_extents(window)
     wplan = window_plan(layout, WindowPattern(extents, block_size=16))
-    schedule = row_bands(*wplan.axis_tables(), band_rows=band_rows)
+    schedule = row_bands(*wplan.axis_tables(), band_rows=band_rows, column_blocks=column_blocks)
+    assert len(schedule.blocks) == (column_blocks or 1)
     batch = 2
     key_valid = text_key_mask(layout, batch) if text else None
     mask = naive_mask(layout, extents) if key_valid is None else naive_mask(layout, extents) & key_valid.view(batch, 1, 1, -1)
@@ -56,14 +57,28 @@ def test_rows_equal_masked_sdpa_forward_and_backward(grid, window, text, positio
         torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-10)
 
 
+def test_column_blocks_cut_the_work_where_the_window_is_narrow():
+    """Wan 480p with a (1, 7, 13) window: two column blocks reach 39 of 52 key columns each, so the default
+    schedule takes them; a window over whole rows gains nothing from blocks and keeps one."""
+    layout = VideoLayout(21, 30, 52)
+    narrow = window_plan(layout, WindowPattern(window_extents((1, 7, 13)), block_size=128)).axis_tables()
+    work = {count: sum(block.work(3) for block in row_bands(*narrow, column_blocks=count).blocks) for count in (1, 2)}
+    assert work[2] < 0.9 * work[1]
+    chosen = row_bands(*narrow)
+    assert [(b.c0, b.c1, b.k0, b.k1) for b in chosen.blocks] == [(0, 26, 0, 39), (26, 52, 13, 52)]
+    wide = window_plan(layout, WindowPattern(window_extents((1, 7, 26)), block_size=128)).axis_tables()
+    assert len(row_bands(*wide).blocks) == 1
+
+
 def test_dilated_rows_and_cols_equal_masked_sdpa():
     layout = VideoLayout(4, 9, 11, 2, "after")
     extents, dilation = window_extents((1, 2, 2)), (1, 2, 3)
     wplan = window_plan(layout, WindowPattern(extents, dilation, block_size=16))
     q, k, v = (x.detach() for x in leaves(layout.total_tokens, 1))
-    out = window_attention(q, k, v, wplan, None, backend="rows", scale=0.4)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_mask(layout, extents, dilation), scale=0.4)
-    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(window_attention(q, k, v, wplan, None, backend="rows", scale=0.4), expected, atol=1e-10, rtol=1e-10)
+    blocked = row_band_attention(q, k, v, row_bands(*wplan.axis_tables(), column_blocks=3), layout, scale=0.4)  # gaps in the hulls
+    torch.testing.assert_close(blocked, expected, atol=1e-10, rtol=1e-10)
 
 
 def test_masks_built_per_call_when_over_the_memo_budget(monkeypatch):
@@ -85,7 +100,7 @@ def test_passes_over_head_chunks_change_nothing(monkeypatch):
     runs = []
     for budget in (window_rows.STACK_BYTES, 1):  # all heads in one pass; one head per pass
         monkeypatch.setattr(window_rows, "STACK_BYTES", budget)
-        out = row_band_attention(q, k, v, row_bands(*wplan.axis_tables()), layout)
+        out = row_band_attention(q, k, v, row_bands(*wplan.axis_tables(), column_blocks=2), layout)
         runs.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
     assert len(window_rows._passes(q, row_bands(*wplan.axis_tables()))) == 2 * 3
     for chunked, whole in zip(*runs):
@@ -139,6 +154,8 @@ def test_auto_takes_rows_on_the_cpu_where_it_applies():
         window_attention(q, k[:, :1], v, wplan, None, backend="rows")
     with pytest.raises(ValueError, match="band_rows must be a positive int"):
         row_bands(*wplan.axis_tables(), band_rows=0)
+    with pytest.raises(ValueError, match=r"column_blocks must be an int in \[1, 7\]"):
+        row_bands(*wplan.axis_tables(), column_blocks=8)
     sta = window_plan(layout, WindowPattern(window_extents((1, 1, 1)), block_size=16, tile=(1, 4, 4), tile_aligned=True))
     assert not _rows_apply(q, sta, None)
     with pytest.raises(ValueError, match="token-level windows"):

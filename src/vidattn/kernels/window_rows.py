@@ -1,12 +1,13 @@
 """Token-level window attention on the CPU in bands of query rows (backend ``rows``), forward and backward.
 
-A video query at (t, h, w) sees the keys of frames F(t), rows R(h) and cols C(w) (per-axis boolean tables). A band
-of query rows [h0, h1) of one frame sees keys only in rows [r0, r1), the hull of R over the band, of its S key
-frames. With the key frames of every query frame stacked side by side inside each row (one S-wide copy of K and
-V), that hull is one contiguous run of (r1 - r0) * S * W keys: a band is one fused SDPA call, batched over frames
-(views, no gather), with one additive (rows x cols) mask that every frame shares. Each query row lies in one band,
-so nothing is merged, except with text: video queries attend the text keys in one more call merged by log-sum-exp,
-text queries attend every key in one call. Needs every query frame to see the same number of key frames.
+A video query at (t, h, w) sees the keys of frames F(t), rows R(h) and cols C(w) (per-axis boolean tables). The
+columns are split into a few blocks; a band of query rows [h0, h1) and columns [c0, c1) of one frame sees keys only in
+rows [r0, r1) and columns [k0, k1) (the hulls of R and C over the band) of its S key frames. With the key frames of
+every query frame stacked side by side inside each row, cut to the block's key columns (one S-wide copy of K and V per
+block), that hull is one contiguous run of (r1 - r0) * S * (k1 - k0) keys: a band is one fused SDPA call, batched over
+frames, with one additive mask that every frame shares. Each query lies in one band, so nothing is merged, except
+with text: video queries attend the text keys in one more call merged by log-sum-exp, text queries attend every key
+in one call. Needs every query frame to see the same number of key frames.
 """
 
 from __future__ import annotations
@@ -22,42 +23,62 @@ from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, fl
 
 # Query rows per band: enough for the fused kernel's 64-row blocks (it uses 32-row blocks below 192 queries).
 BAND_MIN_QUERIES = 192
+# Column blocks tried by default: the fewest whose computed work is within COLUMN_BLOCK_SLACK of the least (more
+# blocks cut a band's key columns to the window's reach but copy overlapping halos of K and V and shrink the calls).
+MAX_COLUMN_BLOCKS = 8
+COLUMN_BLOCK_SLACK = 1.05
 # Additive masks of a schedule are kept per dtype up to this many bytes; larger ones are built per call.
 MASK_MEMO_BYTES = 64 << 20
 # The stacked K and V of one pass hold at most this many bytes (heads are taken in chunks; at least one head).
 STACK_BYTES = 256 << 20
 
 
+@dataclass(frozen=True)
+class ColumnBlock:
+    """Query columns [c0, c1), the key columns [k0, k1) they reach, and the block's bands (h0, h1, r0, r1): query
+    rows [h0, h1) see key rows [r0, r1)."""
+
+    c0: int
+    c1: int
+    k0: int
+    k1: int
+    bands: tuple[tuple[int, int, int, int], ...]
+
+    def work(self, key_frames: int) -> int:
+        """Query-key pairs its calls compute per frame."""
+        return sum((h1 - h0) * (r1 - r0) for h0, h1, r0, r1 in self.bands) * (self.c1 - self.c0) * key_frames * (self.k1 - self.k0)
+
+
 @dataclass(frozen=True, eq=False)
 class RowBands:
     """The band schedule of one window on one grid: ``frames`` (T, S) key frames per query frame (ascending;
-    ``shared``: the same for every frame, so the key stack is built once), ``bands`` (h0, h1, r0, r1), and the
-    row and col tables the masks come from."""
+    ``shared``: the same for every frame, so the key stack is built once), the column ``blocks`` with their bands,
+    and the row and col tables the masks come from."""
 
     grid: tuple[int, int, int]
     frames: torch.Tensor
     shared: bool
-    bands: tuple[tuple[int, int, int, int], ...]
+    blocks: tuple[ColumnBlock, ...]
     rows: torch.Tensor
     cols: torch.Tensor
     memo: dict = field(default_factory=dict, repr=False)
 
-    def mask(self, band: int, dtype: torch.dtype) -> torch.Tensor:
-        """Additive ((h1 - h0) * W, (r1 - r0) * S * W) mask of a band: 0 where the row and col rules allow."""
-        h0, h1, r0, r1 = self.bands[band]
-        s, w = self.frames.shape[1], self.grid[2]
-        allowed = self.rows[h0:h1, r0:r1].view(h1 - h0, 1, r1 - r0, 1, 1) & self.cols.view(1, w, 1, 1, w)
-        allowed = allowed.expand(-1, -1, -1, s, -1).reshape((h1 - h0) * w, (r1 - r0) * s * w)
+    def mask(self, block: int, band: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive ((h1 - h0) * (c1 - c0), (r1 - r0) * S * (k1 - k0)) mask of a band: 0 where the row and col rules allow."""
+        cb = self.blocks[block]
+        h0, h1, r0, r1 = cb.bands[band]
+        s, qw, kw = self.frames.shape[1], cb.c1 - cb.c0, cb.k1 - cb.k0
+        allowed = self.rows[h0:h1, r0:r1].view(h1 - h0, 1, r1 - r0, 1, 1) & self.cols[cb.c0 : cb.c1, cb.k0 : cb.k1].view(1, qw, 1, 1, kw)
+        allowed = allowed.expand(-1, -1, -1, s, -1).reshape((h1 - h0) * qw, (r1 - r0) * s * kw)
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
 
-    def masks(self, dtype: torch.dtype) -> list[torch.Tensor] | None:
-        """Every band's additive mask, memoised per dtype when they fit MASK_MEMO_BYTES (else None)."""
-        s, w = self.frames.shape[1], self.grid[2]
-        size = sum((h1 - h0) * (r1 - r0) for h0, h1, r0, r1 in self.bands) * s * w * w * torch.finfo(dtype).bits // 8
+    def masks(self, dtype: torch.dtype) -> list[list[torch.Tensor]] | None:
+        """Every band's additive mask (per block), memoised per dtype when they fit MASK_MEMO_BYTES (else None)."""
+        size = sum(cb.work(self.frames.shape[1]) for cb in self.blocks) * torch.finfo(dtype).bits // 8
         if size > MASK_MEMO_BYTES:
             return None
         if dtype not in self.memo:
-            self.memo[dtype] = [self.mask(i, dtype) for i in range(len(self.bands))]
+            self.memo[dtype] = [[self.mask(i, j, dtype) for j in range(len(cb.bands))] for i, cb in enumerate(self.blocks)]
         return self.memo[dtype]
 
 
@@ -67,12 +88,14 @@ def same_key_frame_count(frames: torch.Tensor) -> bool:
     return bool((counts == counts[0]).all()) and int(counts[0]) > 0
 
 
-def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band_rows: int | None = None) -> RowBands:
+def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band_rows: int | None = None, column_blocks: int | None = None) -> RowBands:
     """The schedule for per-axis tables (T, T), (H, H), (W, W) bool: may a query at position q see a key at k.
 
-    ``band_rows``: query rows per band (default: the fewest with BAND_MIN_QUERIES queries per frame). Raises
-    ValueError if query frames see different numbers of key frames (a window truncated at the borders, or dilated
-    along frames): the stack needs one width."""
+    ``band_rows``: query rows per band (default: the fewest with BAND_MIN_QUERIES queries per frame in the block);
+    ``column_blocks``: how many blocks the columns are split into (default: the fewest, up to MAX_COLUMN_BLOCKS and
+    with at least BAND_MIN_QUERIES queries per block and frame, whose computed work is within COLUMN_BLOCK_SLACK of
+    the least). Raises ValueError if query frames see different
+    numbers of key frames (a window truncated at the borders, or dilated along frames): the stack needs one width."""
     frames, rows, cols = (x.to("cpu", torch.bool) for x in (frames, rows, cols))
     if not same_key_frame_count(frames):
         raise ValueError(
@@ -80,19 +103,40 @@ def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band
             f"dilation along frames, or all frames); got {sorted(set(frames.sum(1).tolist()))}; use 'flex' or 'auto'"
         )
     grid = (frames.shape[0], rows.shape[0], cols.shape[0])
-    if band_rows is not None and (isinstance(band_rows, bool) or not isinstance(band_rows, int) or band_rows < 1):
-        raise ValueError(f"band_rows must be a positive int (query rows per band) or None, got {band_rows!r}")
-    if band_rows is None:
-        band_rows = min(grid[1], -(-BAND_MIN_QUERIES // grid[2]))
+    for name, value, top in (("band_rows", band_rows, None), ("column_blocks", column_blocks, grid[2])):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top is not None and value > top)):
+            allowed = "a positive int (query rows per band)" if top is None else f"an int in [1, {top}] (the grid's columns)"
+            raise ValueError(f"{name} must be {allowed} or None, got {value!r}")
     key_frames = torch.stack([row.nonzero().flatten() for row in frames])
     shared = bool((key_frames == key_frames[:1]).all())
-    pos = torch.arange(grid[1])
-    bands = []
-    for h0 in range(0, grid[1], band_rows):
-        h1 = min(h0 + band_rows, grid[1])
-        seen = pos[rows[h0:h1].any(0)]
-        bands.append((h0, h1, int(seen[0]), int(seen[-1]) + 1))
-    return RowBands(grid, key_frames, shared, tuple(bands), rows, cols)
+    s = key_frames.shape[1]
+    if column_blocks is None:
+        # Only blocks whose bands can hold BAND_MIN_QUERIES queries (smaller calls run the kernel's slow regime).
+        most = max(1, min(MAX_COLUMN_BLOCKS, grid[2], grid[1] * grid[2] // BAND_MIN_QUERIES))
+        options = [_column_blocks(rows, cols, count, band_rows) for count in range(1, most + 1)]
+        work = [sum(cb.work(s) for cb in blocks) for blocks in options]
+        blocks = next(b for b, w in zip(options, work) if w <= COLUMN_BLOCK_SLACK * min(work))
+    else:
+        blocks = _column_blocks(rows, cols, column_blocks, band_rows)
+    return RowBands(grid, key_frames, shared, blocks, rows, cols)
+
+
+def _hull(table: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) of the positions any row of a bool table allows."""
+    seen = table.any(0).nonzero().flatten()
+    return int(seen[0]), int(seen[-1]) + 1
+
+
+def _column_blocks(rows: torch.Tensor, cols: torch.Tensor, count: int, band_rows: int | None) -> tuple[ColumnBlock, ...]:
+    """``count`` near-equal column blocks, each cut into bands of query rows."""
+    height, width = rows.shape[0], cols.shape[0]
+    blocks = []
+    for i in range(count):
+        c0, c1 = width * i // count, width * (i + 1) // count
+        step = band_rows if band_rows is not None else min(height, -(-BAND_MIN_QUERIES // (c1 - c0)))
+        bands = tuple((h0, min(h0 + step, height), *_hull(rows[h0 : h0 + step])) for h0 in range(0, height, step))
+        blocks.append(ColumnBlock(c0, c1, *_hull(cols[c0:c1]), bands))
+    return tuple(blocks)
 
 
 def row_band_attention(
@@ -128,38 +172,46 @@ def _grid_view(x: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
     return x[:, layout.video_slice].unflatten(1, layout.grid)
 
 
-def _stack(x: torch.Tensor, schedule: RowBands) -> torch.Tensor:
-    """(heads, T, H, W, D) -> (T or 1, heads, H, S, W, D): each query frame's key frames side by side per row."""
+def _stack(x: torch.Tensor, schedule: RowBands, block: ColumnBlock) -> torch.Tensor:
+    """(heads, T, H, W, D) -> (T or 1, heads, H, S, k1 - k0, D): each query frame's key frames side by side per row,
+    cut to the block's key columns."""
     frames = schedule.frames[:1] if schedule.shared else schedule.frames
-    heads, _, rows, cols, dim = x.shape
-    out = x.new_empty(frames.shape[0], heads, rows, frames.shape[1], cols, dim)
+    heads, _, rows, _, dim = x.shape
+    out = x.new_empty(frames.shape[0], heads, rows, frames.shape[1], block.k1 - block.k0, dim)
     for t, row in enumerate(frames.tolist()):
         for j, f in enumerate(row):
-            out[t, :, :, j].copy_(x[:, f])
+            out[t, :, :, j].copy_(x[:, f, :, block.k0 : block.k1])
     return out
 
 
 def _passes(query: torch.Tensor, schedule: RowBands) -> list[tuple[int, slice]]:
-    """(batch element, heads) of each pass over the bands: as many heads as keep the K and V stacks in STACK_BYTES."""
+    """(batch element, heads) of each pass over the bands: as many heads as keep one block's K and V stacks in
+    STACK_BYTES."""
     frames, s = schedule.frames.shape if not schedule.shared else (1, schedule.frames.shape[1])
-    per_head = 2 * frames * s * math.prod(schedule.grid[1:]) * query.shape[-1] * query.element_size()
+    widest = max(cb.k1 - cb.k0 for cb in schedule.blocks)
+    per_head = 2 * frames * s * schedule.grid[1] * widest * query.shape[-1] * query.element_size()
     step = max(1, STACK_BYTES // per_head)
     return [(b, slice(h, h + step)) for b in range(query.shape[0]) for h in range(0, query.shape[1], step)]
 
 
-def _band_views(q, ks, vs, schedule: RowBands, band: int):
-    """A band's queries (T, heads, Lq, D) and its stacked keys/values (T, heads, Lk, D), all views."""
-    h0, h1, r0, r1 = schedule.bands[band]
-    frames = q.shape[1]
-    qq = q[:, :, h0:h1].flatten(2, 3).transpose(0, 1)
-    kk, vv = (x[:, :, r0:r1].flatten(2, 4).expand(frames, -1, -1, -1) for x in (ks, vs))
-    return qq, kk, vv
+def _band(x: torch.Tensor, block: ColumnBlock, band: tuple[int, int, int, int]) -> torch.Tensor:
+    """The band's queries of a (heads, T, H, W, ...) tensor as (heads, T, rows, cols, ...), a view."""
+    return x[:, :, band[0] : band[1], block.c0 : block.c1]
 
 
-def _band_rows(x: torch.Tensor, schedule: RowBands, band: int) -> torch.Tensor:
-    """The band's rows of a (heads, T, H, W, ...) tensor as (T, heads, Lq, ...), a view."""
-    h0, h1 = schedule.bands[band][:2]
-    return x[:, :, h0:h1].flatten(2, 3).transpose(0, 1)
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(heads, T, rows, cols, ...) -> (T, heads, rows * cols, ...): a view for whole rows, else a copy."""
+    return x.transpose(0, 1).flatten(2, 3)
+
+
+def _unflat(x: torch.Tensor, band_shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`_flat` onto a band of shape (heads, T, rows, cols, ...), a view."""
+    return x.unflatten(2, band_shape[2:4]).transpose(0, 1)
+
+
+def _keys(x: torch.Tensor, band: tuple[int, int, int, int], frames: int) -> torch.Tensor:
+    """A band's stacked keys or values (T, heads, Lk, D) from a block's stack, a view."""
+    return x[:, :, band[2] : band[3]].flatten(2, 4).expand(frames, -1, -1, -1)
 
 
 def _text_mask(text_valid: torch.Tensor | None, b: int, layout: VideoLayout, dtype) -> torch.Tensor | None:
@@ -184,13 +236,15 @@ def _forward(query, key, value, schedule: RowBands, layout: VideoLayout, text_va
     video = layout.video_slice
     for b, heads in _passes(query, schedule):
         q = _grid_view(query[b, heads], layout)
-        ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule) for x in (key, value))
         o_grid, l_grid = _grid_view(out[b, heads], layout), _grid_view(lse[b, heads].unsqueeze(-1), layout).squeeze(-1)
-        for i in range(len(schedule.bands)):
-            mask = masks[i] if masks is not None else schedule.mask(i, query.dtype)
-            o, l = _flash(*_band_views(q, ks, vs, schedule, i), attn_mask=mask, scale=scale)[:2]
-            _band_rows(o_grid, schedule, i).copy_(o)
-            _band_rows(l_grid, schedule, i).copy_(l)
+        for i, block in enumerate(schedule.blocks):
+            ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule, block) for x in (key, value))
+            for j, band in enumerate(block.bands):
+                mask = masks[i][j] if masks is not None else schedule.mask(i, j, query.dtype)
+                o, l = _flash(_flat(_band(q, block, band)), _keys(ks, band, q.shape[1]), _keys(vs, band, q.shape[1]), attn_mask=mask, scale=scale)[:2]
+                for target, result in ((o_grid, o), (l_grid, l)):
+                    rows = _band(target, block, band)
+                    rows.copy_(_unflat(result, rows.shape))
     for b in range(query.shape[0] if layout.text else 0):  # text: dense
         keys = _text_keys(text_valid, b, layout)
         if keys.numel():  # video queries on the text keys, merged by log-sum-exp
@@ -217,18 +271,21 @@ def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout:
     for b, heads in _passes(query, schedule):
         q, g, o_grid = (_grid_view(x[b, heads], layout) for x in (query, grad_out, out))
         l_grid = _grid_view(lse[b, heads].unsqueeze(-1), layout).squeeze(-1)
-        ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule) for x in (key, value))
         dq_grid, dk_grid, dv_grid = (_grid_view(x[b, heads], layout) for x in (dq, dk, dv))
-        for i, (h0, h1, r0, r1) in enumerate(schedule.bands):
-            mask = masks[i] if masks is not None else schedule.mask(i, query.dtype)
-            qq, kk, vv = _band_views(q, ks, vs, schedule, i)
-            gq, gk, gv = _flash_backward(
-                _band_rows(g, schedule, i).contiguous(), qq, kk, vv, _band_rows(o_grid, schedule, i).contiguous(),
-                _band_rows(l_grid, schedule, i).contiguous(), 0.0, False, attn_mask=mask, scale=scale,
-            )
-            _band_rows(dq_grid, schedule, i).add_(gq)
-            for grad, target in ((gk, dk_grid), (gv, dv_grid)):
-                _unstack_add(grad.unflatten(2, (r1 - r0, schedule.frames.shape[1], layout.grid[2])), target[:, :, r0:r1], schedule)
+        for i, block in enumerate(schedule.blocks):
+            ks, vs = (_stack(_grid_view(x[b, heads], layout), schedule, block) for x in (key, value))
+            for j, band in enumerate(block.bands):
+                mask = masks[i][j] if masks is not None else schedule.mask(i, j, query.dtype)
+                gq, gk, gv = _flash_backward(
+                    *(_flat(_band(x, block, band)).contiguous() for x in (g, q)), _keys(ks, band, q.shape[1]), _keys(vs, band, q.shape[1]),
+                    *(_flat(_band(x, block, band)).contiguous() for x in (o_grid, l_grid)), 0.0, False, attn_mask=mask, scale=scale,
+                )
+                rows = _band(dq_grid, block, band)
+                rows.add_(_unflat(gq, rows.shape))
+                r0, r1 = band[2:]
+                for grad, target in ((gk, dk_grid), (gv, dv_grid)):
+                    grad = grad.unflatten(2, (r1 - r0, schedule.frames.shape[1], block.k1 - block.k0))
+                    _unstack_add(grad, target[:, :, r0:r1, block.k0 : block.k1], schedule)
     for b in range(query.shape[0] if layout.text else 0):  # text: dense
         keys = _text_keys(text_valid, b, layout)
         if keys.numel():
