@@ -22,10 +22,11 @@ reference).
   threads: forward bf16 7.1x dense SDPA (flex 4.3x, segments 2.0x), f32 8.2x (flex 3.1x, segments 3.2x); backward
   bf16 6.3x, f32 8.3x (segments 2.1x / 3.1x).
 * CPU, token-level windows (a window whose key frames count the same for every query frame, no masked video key)
-  -> ``rows`` (kernels/window_rows.py: bands of query rows against frame-stacked key rows, one fused SDPA call per
-  band with an additive mask), inference and training; the window processor decides this (``WINDOW_BACKENDS``).
-  Window (1, 7, 13) at 21x30x52, two threads: forward bf16 4.9-6.4x dense SDPA (flex 2.9-4.0x), f32 8.2-8.5x (flex
-  3.8-4.3x); backward bf16 5.3x, f32 7.5x (flex has none on the CPU; gather keeps GBs of scores).
+  -> ``rows`` (kernels/window_rows.py: bands of query rows and blocks of columns against frame-stacked key rows and
+  columns, one fused SDPA call per band with an additive mask), inference and training; the window processor decides
+  this (``WINDOW_BACKENDS``). Window (1, 7, 13) at 21x30x52, two threads: forward bf16 5.0-7.6x dense SDPA (flex
+  2.9-4.4x), f32 9.3x (flex 3.5-4.3x); backward bf16 5.9x, f32 8.2x (flex has none on the CPU; gather keeps GBs of
+  scores).
 * CPU, other plans with a token mask -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
 """
