@@ -94,8 +94,8 @@ def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band
     ``band_rows``: query rows per band (default: the fewest with BAND_MIN_QUERIES queries per frame in the block);
     ``column_blocks``: how many blocks the columns are split into (default: the fewest, up to MAX_COLUMN_BLOCKS and
     with at least BAND_MIN_QUERIES queries per block and frame, whose computed work is within COLUMN_BLOCK_SLACK of
-    the least). Raises ValueError if query frames see different
-    numbers of key frames (a window truncated at the borders, or dilated along frames): the stack needs one width."""
+    the least). Raises ValueError if query frames see different numbers of key frames (a window truncated at the
+    borders, or dilated along frames): the stack needs one width."""
     frames, rows, cols = (x.to("cpu", torch.bool) for x in (frames, rows, cols))
     if not same_key_frame_count(frames):
         raise ValueError(
