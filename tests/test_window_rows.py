@@ -70,6 +70,29 @@ def test_column_blocks_cut_the_work_where_the_window_is_narrow():
     assert len(row_bands(*wide).blocks) == 1
 
 
+def test_backward_in_its_own_taller_bands_is_exact(monkeypatch):
+    """Reduced precision runs the backward in taller bands than the forward (the saved output makes any bands exact):
+    checked in f64 by giving f64 that rule, against SDPA's gradients, with text and two column blocks."""
+    monkeypatch.setattr(window_rows, "BAND_MIN_QUERIES", 16)
+    monkeypatch.setattr(window_rows, "BACKWARD_BAND_MIN_QUERIES", 48)
+    monkeypatch.setattr(window_rows, "TALL_BACKWARD_DTYPES", (torch.float64,))
+    layout = VideoLayout(4, 9, 14, 3, "after")
+    extents = window_extents((1, 2, 3))
+    wplan = window_plan(layout, WindowPattern(extents, block_size=16))
+    schedule = row_bands(*wplan.axis_tables(), column_blocks=2)
+    tall = schedule.backward_schedule(torch.float64)
+    assert [len(b.bands) for b in schedule.blocks] == [3, 3] and [len(b.bands) for b in tall.blocks] == [2, 2]
+    assert schedule.backward_schedule(torch.float32) is schedule
+    assert row_bands(*wplan.axis_tables(), band_rows=2).backward_schedule(torch.float64).band_rows == 2  # as asked
+    q, k, v = leaves(layout.total_tokens, 2)
+    out = row_band_attention(q, k, v, schedule, layout, scale=0.4)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=naive_mask(layout, extents), scale=0.4)
+    upstream = torch.randn_like(out)
+    for mine, ref in zip(torch.autograd.grad(out, (q, k, v), upstream), torch.autograd.grad(expected, (q, k, v), upstream)):
+        torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-10)
+    assert torch.float64 in tall.memo  # the backward ran the tall bands (their masks were built)
+
+
 def test_dilated_rows_and_cols_equal_masked_sdpa():
     layout = VideoLayout(4, 9, 11, 2, "after")
     extents, dilation = window_extents((1, 2, 2)), (1, 2, 3)

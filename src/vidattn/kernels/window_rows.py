@@ -23,6 +23,11 @@ from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, fl
 
 # Query rows per band: enough for the fused kernel's 64-row blocks (it uses 32-row blocks below 192 queries).
 BAND_MIN_QUERIES = 192
+# Reduced-precision backward passes run bands of at least this many queries per frame (the fused backward's 256-row
+# blocks): 1.72 vs 1.89 s at 21x30x52 bf16 (two runs, despite ~50 % more pairs); f32 was slower that way (2.11 vs
+# 1.97 s) and keeps the forward's bands. Any bands give the exact gradients: the backward reads the saved output.
+TALL_BACKWARD_DTYPES = (torch.bfloat16, torch.float16)
+BACKWARD_BAND_MIN_QUERIES = 768
 # Column blocks tried by default: the fewest whose computed work is within COLUMN_BLOCK_SLACK of the least (more
 # blocks cut a band's key columns to the window's reach but copy overlapping halos of K and V and shrink the calls).
 MAX_COLUMN_BLOCKS = 8
@@ -61,7 +66,21 @@ class RowBands:
     blocks: tuple[ColumnBlock, ...]
     rows: torch.Tensor
     cols: torch.Tensor
+    band_rows: int | None = None  # as asked for (None: from the queries per band)
     memo: dict = field(default_factory=dict, repr=False)
+
+    def backward_schedule(self, dtype: torch.dtype) -> RowBands:
+        """The schedule the backward pass runs: the same column blocks in bands of BACKWARD_BAND_MIN_QUERIES queries
+        per frame for TALL_BACKWARD_DTYPES (unless ``band_rows`` was given), else this one; memoised."""
+        if dtype not in TALL_BACKWARD_DTYPES or self.band_rows is not None:
+            return self
+        if "backward" not in self.memo:
+            blocks = tuple(
+                ColumnBlock(cb.c0, cb.c1, cb.k0, cb.k1, _bands(self.rows, -(-BACKWARD_BAND_MIN_QUERIES // (cb.c1 - cb.c0))))
+                for cb in self.blocks
+            )
+            self.memo["backward"] = RowBands(self.grid, self.frames, self.shared, blocks, self.rows, self.cols)
+        return self.memo["backward"]
 
     def mask(self, block: int, band: int, dtype: torch.dtype) -> torch.Tensor:
         """Additive ((h1 - h0) * (c1 - c0), (r1 - r0) * S * (k1 - k0)) mask of a band: 0 where the row and col rules allow."""
@@ -118,7 +137,7 @@ def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band
         blocks = next(b for b, w in zip(options, work) if w <= COLUMN_BLOCK_SLACK * min(work))
     else:
         blocks = _column_blocks(rows, cols, column_blocks, band_rows)
-    return RowBands(grid, key_frames, shared, blocks, rows, cols)
+    return RowBands(grid, key_frames, shared, blocks, rows, cols, band_rows)
 
 
 def _hull(table: torch.Tensor) -> tuple[int, int]:
@@ -127,15 +146,20 @@ def _hull(table: torch.Tensor) -> tuple[int, int]:
     return int(seen[0]), int(seen[-1]) + 1
 
 
+def _bands(rows: torch.Tensor, step: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Bands (h0, h1, r0, r1) of ``step`` query rows and the key rows they reach."""
+    height = rows.shape[0]
+    return tuple((h0, min(h0 + step, height), *_hull(rows[h0 : h0 + step])) for h0 in range(0, height, step))
+
+
 def _column_blocks(rows: torch.Tensor, cols: torch.Tensor, count: int, band_rows: int | None) -> tuple[ColumnBlock, ...]:
     """``count`` near-equal column blocks, each cut into bands of query rows."""
-    height, width = rows.shape[0], cols.shape[0]
+    width = cols.shape[0]
     blocks = []
     for i in range(count):
         c0, c1 = width * i // count, width * (i + 1) // count
-        step = band_rows if band_rows is not None else min(height, -(-BAND_MIN_QUERIES // (c1 - c0)))
-        bands = tuple((h0, min(h0 + step, height), *_hull(rows[h0 : h0 + step])) for h0 in range(0, height, step))
-        blocks.append(ColumnBlock(c0, c1, *_hull(cols[c0:c1]), bands))
+        step = band_rows if band_rows is not None else -(-BAND_MIN_QUERIES // (c1 - c0))
+        blocks.append(ColumnBlock(c0, c1, *_hull(cols[c0:c1]), _bands(rows, step)))
     return tuple(blocks)
 
 
@@ -276,10 +300,11 @@ def _forward(query, key, value, schedule: RowBands, layout: VideoLayout, text_va
 
 
 def _backward(grad_out, query, key, value, out, lse, schedule: RowBands, layout: VideoLayout, text_valid, scale: float):
-    """Each piece's fused backward with the merged output and log-sum-exp (its exact share); key gradients of the
-    stacked copies are summed back onto their frames in (at least) f32."""
+    """Each piece's fused backward with the merged output and log-sum-exp (its exact share), in the schedule's
+    backward bands; key gradients of the stacked copies are summed back onto their frames in (at least) f32."""
     grad_out = grad_out.to(query.dtype)
     dq, dk, dv = (torch.zeros(x.shape, dtype=accumulate_dtype(query.dtype)) for x in (query, key, value))
+    schedule = schedule.backward_schedule(query.dtype)
     masks = schedule.masks(query.dtype)
     video = layout.video_slice
     step, passes = _passes(query, schedule)
