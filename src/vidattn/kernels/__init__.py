@@ -25,7 +25,7 @@ reference).
   -> ``rows`` (kernels/window_rows.py: bands of query rows and blocks of columns against frame-stacked key rows and
   columns, one fused SDPA call per band with an additive mask), inference and training; the window processor decides
   this (``WINDOW_BACKENDS``). Window (1, 7, 13) at 21x30x52, two threads: forward bf16 5.0-7.6x dense SDPA (flex
-  2.9-4.4x), f32 9.3x (flex 3.5-4.3x); backward bf16 5.9x, f32 8.2x (flex has none on the CPU; gather keeps GBs of
+  2.9-4.4x), f32 9.3x (flex 3.5-4.3x); backward bf16 6.6x, f32 8.2x (flex has none on the CPU; gather keeps GBs of
   scores).
 * CPU, other plans with a token mask -> ``gather`` when training, else ``flex``.
 * other devices -> ``flex`` (``segments`` and ``ranges`` are CPU only).
