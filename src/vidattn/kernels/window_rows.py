@@ -24,8 +24,9 @@ from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, fl
 # Query rows per band: enough for the fused kernel's 64-row blocks (it uses 32-row blocks below 192 queries).
 BAND_MIN_QUERIES = 192
 # Reduced-precision backward passes run bands of at least this many queries per frame (the fused backward's 256-row
-# blocks): 1.72 vs 1.89 s at 21x30x52 bf16 (two runs, despite ~50 % more pairs); f32 was slower that way (2.11 vs
-# 1.97 s) and keeps the forward's bands. Any bands give the exact gradients: the backward reads the saved output.
+# blocks): 1.58-1.72 vs 1.70-1.89 s at 21x30x52 bf16 (three runs, despite ~50 % more pairs), 2.87 vs 3.26 s at
+# 21x45x80; f32 was slower that way (2.11 vs 1.97 s) and keeps the forward's bands. Any bands give the exact
+# gradients: the backward reads the saved output and log-sum-exp.
 TALL_BACKWARD_DTYPES = (torch.bfloat16, torch.float16)
 BACKWARD_BAND_MIN_QUERIES = 768
 # Column blocks tried by default: the fewest whose computed work is within COLUMN_BLOCK_SLACK of the least (more
