@@ -175,7 +175,7 @@ def test_auto_takes_rows_on_the_cpu_where_it_applies():
         window_attention(q, k, v, truncated, None, backend="rows")
     with pytest.raises(ValueError, match="same B, H, N"):
         window_attention(q, k[:, :1], v, wplan, None, backend="rows")
-    with pytest.raises(ValueError, match="band_rows must be a positive int"):
+    with pytest.raises(ValueError, match=r"band_rows must be an int >= 1 or None \(query rows per band\)"):
         row_bands(*wplan.axis_tables(), band_rows=0)
     with pytest.raises(ValueError, match=r"column_blocks must be an int in \[1, 7\]"):
         row_bands(*wplan.axis_tables(), column_blocks=8)

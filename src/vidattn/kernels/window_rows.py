@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 
+from ..checks import check_int
 from ..layout import VideoLayout
 from .cpu_flash import accumulate_dtype, attention_with_lse, check_key_valid, flash as _flash, flash_backward as _flash_backward
 
@@ -76,10 +77,7 @@ class RowBands:
         if dtype not in TALL_BACKWARD_DTYPES or self.band_rows is not None:
             return self
         if "backward" not in self.memo:
-            blocks = tuple(
-                ColumnBlock(cb.c0, cb.c1, cb.k0, cb.k1, _bands(self.rows, -(-BACKWARD_BAND_MIN_QUERIES // (cb.c1 - cb.c0))))
-                for cb in self.blocks
-            )
+            blocks = _column_blocks(self.rows, self.cols, len(self.blocks), None, BACKWARD_BAND_MIN_QUERIES)
             self.memo["backward"] = RowBands(self.grid, self.frames, self.shared, blocks, self.rows, self.cols)
         return self.memo["backward"]
 
@@ -123,10 +121,8 @@ def row_bands(frames: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band
             f"dilation along frames, or all frames); got {sorted(set(frames.sum(1).tolist()))}; use 'flex' or 'auto'"
         )
     grid = (frames.shape[0], rows.shape[0], cols.shape[0])
-    for name, value, top in (("band_rows", band_rows, None), ("column_blocks", column_blocks, grid[2])):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top is not None and value > top)):
-            allowed = "a positive int (query rows per band)" if top is None else f"an int in [1, {top}] (the grid's columns)"
-            raise ValueError(f"{name} must be {allowed} or None, got {value!r}")
+    check_int("band_rows", band_rows, 1, optional=True, note="query rows per band")
+    check_int("column_blocks", column_blocks, 1, grid[2], optional=True, note="at most the grid's columns")
     key_frames = torch.stack([row.nonzero().flatten() for row in frames])
     shared = bool((key_frames == key_frames[:1]).all())
     s = key_frames.shape[1]
@@ -153,13 +149,17 @@ def _bands(rows: torch.Tensor, step: int) -> tuple[tuple[int, int, int, int], ..
     return tuple((h0, min(h0 + step, height), *_hull(rows[h0 : h0 + step])) for h0 in range(0, height, step))
 
 
-def _column_blocks(rows: torch.Tensor, cols: torch.Tensor, count: int, band_rows: int | None) -> tuple[ColumnBlock, ...]:
-    """``count`` near-equal column blocks, each cut into bands of query rows."""
+def _column_blocks(
+    rows: torch.Tensor, cols: torch.Tensor, count: int, band_rows: int | None, min_queries: int | None = None
+) -> tuple[ColumnBlock, ...]:
+    """``count`` near-equal column blocks, each cut into bands of ``band_rows`` query rows (None: the fewest with
+    ``min_queries`` queries per frame, default BAND_MIN_QUERIES)."""
     width = cols.shape[0]
+    min_queries = BAND_MIN_QUERIES if min_queries is None else min_queries
     blocks = []
     for i in range(count):
         c0, c1 = width * i // count, width * (i + 1) // count
-        step = band_rows if band_rows is not None else -(-BAND_MIN_QUERIES // (c1 - c0))
+        step = band_rows if band_rows is not None else -(-min_queries // (c1 - c0))
         blocks.append(ColumnBlock(c0, c1, *_hull(cols[c0:c1]), _bands(rows, step)))
     return tuple(blocks)
 
